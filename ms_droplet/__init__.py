@@ -1,0 +1,44 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""ms_droplet: Droplet Search for Apache TVM MetaSchedule.
+
+``import ms_droplet`` makes ``strategy="droplet"`` available to ``tune_tir``, ``tune_relax``,
+``TuneContext`` and ``SearchStrategy.create``. The heavy pieces load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .registration import STRATEGY_NAME, register
+
+__version__ = "0.1.0.dev0"
+__all__ = ["DropletSearch", "STRATEGY_NAME", "default_exploration_trials", "register"]
+
+if TYPE_CHECKING:
+    from .strategy import DropletSearch, default_exploration_trials
+
+
+def __getattr__(name: str):
+    if name in ("DropletSearch", "default_exploration_trials"):
+        from . import strategy  # pylint: disable=import-outside-toplevel
+
+        return getattr(strategy, name)
+    raise AttributeError(f"module 'ms_droplet' has no attribute {name!r}")
+
+
+register()

@@ -1,0 +1,441 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Coordinate descent over sampling decisions: the algorithm, apart from TVM.
+
+The state of one descent lives in :class:`DescentCore`. It is fed measurements and proposes
+decision vectors; it knows nothing of traces, builders or databases, so it runs on synthetic
+objectives in tests. A *vector* is a tuple with one value per :class:`Coordinate`.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._neighbors import index_neighbors, partitioned_tile_neighbors, tile_neighbors
+
+Value = Hashable
+Vector = tuple
+
+PERFECT_TILE = "SamplePerfectTile"
+PARTITIONED_TILE = "SamplePartitionedTile"
+CATEGORICAL = "SampleCategorical"
+COMPUTE_LOCATION = "SampleComputeLocation"
+KINDS = (PERFECT_TILE, PARTITIONED_TILE, CATEGORICAL, COMPUTE_LOCATION)
+
+
+@dataclass(frozen=True)
+class Coordinate:
+    """One sampling decision of a trace and the rule of its legal values.
+
+    Parameters
+    ----------
+    kind : str
+        The instruction kind: one of ``SamplePerfectTile``, ``SamplePartitionedTile``,
+        ``SampleCategorical``, ``SampleComputeLocation``.
+    name : str
+        A readable label for logs, e.g. ``"SamplePerfectTile#2"``.
+    max_innermost_factor : int
+        Perfect tiles only: the innermost limit (``-1``: none).
+    partition_pos : int
+        Partitioned tiles only: where the inner part starts.
+    innerpart_factor : int
+        Partitioned tiles only: the inner part's product is a multiple of it.
+    choices : Tuple[int, ...]
+        Categoricals: the legal indices; compute locations: the legal locations, in loop order.
+    """
+
+    kind: str
+    name: str
+    max_innermost_factor: int = -1
+    partition_pos: int = 0
+    innerpart_factor: int = 1
+    choices: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"Coordinate.kind must be one of {KINDS}, got {self.kind!r}; "
+                "only these instructions carry decisions"
+            )
+
+    def neighbors(self, value: Value, step: int) -> list[Value]:
+        """The legal values ``step`` steps away from ``value``, in a fixed order."""
+        if self.kind == PERFECT_TILE:
+            return tile_neighbors(value, step, self.max_innermost_factor)  # type: ignore[arg-type]
+        if self.kind == PARTITIONED_TILE:
+            return partitioned_tile_neighbors(
+                value,  # type: ignore[arg-type]
+                step,
+                self.partition_pos,
+                self.innerpart_factor,
+            )
+        return index_neighbors(value, self.choices, step)  # type: ignore[arg-type]
+
+    def continue_move(self, old: Value, new: Value, max_step: int) -> Value | None:
+        """Repeat the move ``old -> new`` once more from ``new``, if that is legal.
+
+        For indices the same shift; for tiles the same factors moved between the same levels.
+        """
+        if self.kind in (PERFECT_TILE, PARTITIONED_TILE):
+            ahead = []
+            for o, n in zip(old, new):  # type: ignore[call-overload]
+                if (n * n) % o:
+                    return None
+                ahead.append(n * n // o)
+            candidate: Value = tuple(ahead)
+        else:
+            if old not in self.choices or new not in self.choices:
+                return None
+            pos = 2 * self.choices.index(new) - self.choices.index(old)
+            if not 0 <= pos < len(self.choices):
+                return None
+            candidate = self.choices[pos]
+        legal = any(candidate in self.neighbors(new, s) for s in range(1, max_step + 1))
+        return candidate if legal else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance
+
+
+class Outcome(enum.Enum):
+    """What a comparison of a neighbor with the incumbent concluded."""
+
+    ACCEPT = "accept"
+    REJECT = "reject"
+    UNDECIDED = "undecided"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The result of :func:`compare_samples`."""
+
+    outcome: Outcome
+    speedup: float
+    p: float | None
+
+
+def compare_samples(
+    incumbent: Sequence[float],
+    candidate: Sequence[float],
+    p_value: float,
+    min_gain: float,
+) -> Verdict:
+    """Is ``candidate`` measurably faster than ``incumbent``?
+
+    A one-sided Welch t-test (``scipy.stats.ttest_ind(equal_var=False)``) on the timing
+    samples. A candidate must first be faster by at least ``min_gain`` (relative to the
+    incumbent's mean); with fewer than two samples on either side no test is possible and the
+    verdict is ``UNDECIDED`` (the caller may measure again).
+
+    Parameters
+    ----------
+    incumbent, candidate : Sequence[float]
+        Run times in seconds; all finite and positive.
+    p_value : float
+        The largest p-value that still accepts.
+    min_gain : float
+        The smallest relative gain ``1 - mean(candidate) / mean(incumbent)`` worth testing.
+
+    Returns
+    -------
+    verdict : Verdict
+        ``ACCEPT`` when faster with ``p <= p_value``; ``REJECT`` when not faster by
+        ``min_gain``; ``UNDECIDED`` otherwise.
+    """
+    if not candidate or not incumbent:
+        return Verdict(Outcome.REJECT if not candidate else Outcome.UNDECIDED, 0.0, None)
+    mean_inc = float(np.mean(incumbent))
+    mean_cand = float(np.mean(candidate))
+    speedup = mean_inc / mean_cand
+    if 1.0 - mean_cand / mean_inc < min_gain or mean_cand >= mean_inc:
+        return Verdict(Outcome.REJECT, speedup, None)
+    if len(incumbent) < 2 or len(candidate) < 2:
+        return Verdict(Outcome.UNDECIDED, speedup, None)
+    if np.var(incumbent) == 0.0 and np.var(candidate) == 0.0:
+        p = 0.0  # two constant samples that differ: the difference is certain
+    else:
+        from scipy import stats  # pylint: disable=import-outside-toplevel
+
+        p = float(stats.ttest_ind(candidate, incumbent, equal_var=False, alternative="less").pvalue)
+    outcome = Outcome.ACCEPT if p <= p_value else Outcome.UNDECIDED
+    return Verdict(outcome, speedup, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# Descent
+
+
+@dataclass(frozen=True)
+class DescentConfig:
+    """The options of one descent (validated by :class:`ms_droplet.DropletSearch`)."""
+
+    p_value: float = 0.05
+    min_gain: float = 0.01
+    max_step: int = 2
+    max_measurements: int = 3
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A vector to measure; ``remeasure`` marks a repeated measurement of a known vector."""
+
+    vector: Vector
+    remeasure: bool = False
+
+
+@dataclass(frozen=True)
+class Move:
+    """An accepted move: the decisions that changed, the speed-up and the test's p-value."""
+
+    changes: tuple[tuple[int, Value, Value], ...]
+    speedup: float
+    p: float | None
+
+
+@dataclass
+class _Observations:
+    samples: list[float] = field(default_factory=list)
+    measurements: int = 0
+    failures: int = 0
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.samples)) if self.samples else math.inf
+
+
+class DescentCore:
+    """The state of one coordinate descent from a starting vector.
+
+    The host calls :meth:`propose` to get vectors to measure, reports each with
+    :meth:`observe` (or :meth:`reject` when it cannot be measured), then calls
+    :meth:`conclude` once the batch is back. The neighborhood of the incumbent is visited in
+    this order: a repetition of the last accepted move, then every single-coordinate neighbor at
+    step 1 (in an order drawn from ``rng``), then at step 2, up to ``config.max_step``.
+
+    Parameters
+    ----------
+    start : Vector
+        The starting decisions, one per coordinate.
+    start_samples : Sequence[float]
+        Known run times of ``start`` (may be empty: it is then measured first).
+    coordinates : Sequence[Coordinate]
+        The coordinates at ``start``.
+    config : DescentConfig
+        The options.
+    rng : numpy.random.Generator
+        The only source of randomness.
+    coordinates_at : Optional[Callable[[Vector], Sequence[Coordinate]]]
+        Called after each accepted move to get the coordinates at the new incumbent (legal
+        compute locations depend on the other decisions). ``None``: they never change.
+    """
+
+    def __init__(
+        self,
+        start: Vector,
+        start_samples: Sequence[float],
+        coordinates: Sequence[Coordinate],
+        config: DescentConfig,
+        rng: np.random.Generator,
+        coordinates_at: Callable[[Vector], Sequence[Coordinate]] | None = None,
+    ) -> None:
+        if len(start) != len(coordinates):
+            raise ValueError(
+                f"DescentCore: start has {len(start)} values but there are "
+                f"{len(coordinates)} coordinates; give one value per coordinate"
+            )
+        self.config = config
+        self._rng = rng
+        self._coordinates_at = coordinates_at
+        self._coordinates = tuple(coordinates)
+        self._obs: dict[Vector, _Observations] = {}
+        self._invalid: set[Vector] = set()
+        self._pending: set[Vector] = set()
+        self._queue: list[Vector] = []
+        self._neighborhood: set[Vector] = set()
+        self._contested: list[Vector] = []
+        self.incumbent: Vector = tuple(start)
+        self.moves: list[Move] = []
+        if start_samples:
+            self.observe(self.incumbent, start_samples)
+        self._build_neighborhood(last_move=None)
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def coordinates(self) -> tuple[Coordinate, ...]:
+        """The coordinates at the current incumbent."""
+        return self._coordinates
+
+    @property
+    def incumbent_samples(self) -> list[float]:
+        """The run times observed for the incumbent."""
+        return list(self._obs.get(self.incumbent, _Observations()).samples)
+
+    @property
+    def finished(self) -> bool:
+        """True when the descent has nothing left to measure (see :attr:`stop_reason`)."""
+        return self.stop_reason is not None
+
+    @property
+    def stop_reason(self) -> str | None:
+        """Why the descent ended, or ``None`` while it goes on."""
+        start = self._obs.get(self.incumbent)
+        if start is not None and not start.samples and start.failures:
+            return "the starting schedule failed to build or run"
+        if self._pending or self._contested or not self._has_incumbent_samples():
+            return None
+        if self._unvisited():
+            return None
+        return (
+            f"local optimum: all {len(self._neighborhood)} neighbors up to step "
+            f"{self.config.max_step} are known and none is faster with p <= {self.config.p_value}"
+        )
+
+    def samples_of(self, vector: Vector) -> list[float]:
+        """The run times observed for ``vector`` (empty if none)."""
+        return list(self._obs.get(tuple(vector), _Observations()).samples)
+
+    # -- protocol ------------------------------------------------------------------------------
+    def propose(self, max_count: int) -> list[Proposal]:
+        """Up to ``max_count`` vectors to measure next; empty when there is nothing to do."""
+        out: list[Proposal] = []
+        if max_count <= 0 or self.stop_reason is not None:
+            return out
+        if not self._has_incumbent_samples():
+            if self.incumbent not in self._pending:
+                self._pending.add(self.incumbent)
+                out.append(Proposal(self.incumbent))
+            return out
+        if self._contested:
+            cap = self.config.max_measurements
+            if self._obs[self.incumbent].measurements < cap and self.incumbent not in self._pending:
+                self._pending.add(self.incumbent)
+                out.append(Proposal(self.incumbent, remeasure=True))
+            for vector in self._contested:
+                if len(out) >= max_count:
+                    break
+                if self._obs[vector].measurements < cap and vector not in self._pending:
+                    self._pending.add(vector)
+                    out.append(Proposal(vector, remeasure=True))
+            self._contested = []
+        for vector in self._unvisited():
+            if len(out) >= max_count:
+                break
+            self._pending.add(vector)
+            out.append(Proposal(vector))
+        return out[:max_count]
+
+    def observe(self, vector: Vector, samples: Sequence[float]) -> None:
+        """Record one measurement of ``vector``: its run times (empty or inf if it failed)."""
+        vector = tuple(vector)
+        self._pending.discard(vector)
+        obs = self._obs.setdefault(vector, _Observations())
+        obs.measurements += 1
+        finite = [float(s) for s in samples if math.isfinite(s) and s > 0]
+        if finite and len(finite) == len(samples):
+            obs.samples.extend(finite)
+        else:
+            obs.failures += 1
+
+    def reject(self, vector: Vector) -> None:
+        """Mark ``vector`` as impossible to measure (invalid schedule); never proposed again."""
+        vector = tuple(vector)
+        self._pending.discard(vector)
+        self._invalid.add(vector)
+
+    def conclude(self) -> Move | None:
+        """Decide on the measurements so far: move to the best accepted neighbor, if any.
+
+        Neighbors that look faster but are not yet significant are queued for another
+        measurement (the incumbent too) until they have ``max_measurements``.
+        """
+        inc = self._obs.get(self.incumbent)
+        if inc is None or not inc.samples:
+            return None
+        accepted: list[tuple[float, Vector, Verdict]] = []
+        contested: list[tuple[float, Vector]] = []
+        for vector in self._neighborhood:
+            obs = self._obs.get(vector)
+            if obs is None or not obs.samples or vector in self._pending:
+                continue
+            verdict = compare_samples(
+                inc.samples, obs.samples, self.config.p_value, self.config.min_gain
+            )
+            if verdict.outcome is Outcome.ACCEPT:
+                accepted.append((obs.mean, vector, verdict))
+            elif verdict.outcome is Outcome.UNDECIDED and (
+                obs.measurements < self.config.max_measurements
+                or inc.measurements < self.config.max_measurements
+            ):
+                contested.append((obs.mean, vector))
+        if accepted:
+            _, best, verdict = min(accepted, key=lambda item: (item[0], repr(item[1])))
+            old = self.incumbent
+            changes = tuple((i, a, b) for i, (a, b) in enumerate(zip(old, best)) if a != b)
+            move = Move(changes, verdict.speedup, verdict.p)
+            self.moves.append(move)
+            self.incumbent = best
+            self._contested = []
+            if self._coordinates_at is not None:
+                self._coordinates = tuple(self._coordinates_at(best))
+            self._build_neighborhood(last_move=(old, best))
+            return move
+        contested.sort(key=lambda item: (item[0], repr(item[1])))
+        self._contested = [vector for _, vector in contested]
+        return None
+
+    # -- internals -----------------------------------------------------------------------------
+    def _has_incumbent_samples(self) -> bool:
+        obs = self._obs.get(self.incumbent)
+        return obs is not None and bool(obs.samples)
+
+    def _unvisited(self) -> list[Vector]:
+        return [
+            v
+            for v in self._queue
+            if v not in self._obs and v not in self._invalid and v not in self._pending
+        ]
+
+    def _build_neighborhood(self, last_move: tuple[Vector, Vector] | None) -> None:
+        inc = self.incumbent
+        ordered: list[Vector] = []
+        if last_move is not None:
+            old, new = last_move
+            ahead = list(new)
+            for i, (a, b) in enumerate(zip(old, new)):
+                if a != b:
+                    nxt = self._coordinates[i].continue_move(a, b, self.config.max_step)
+                    if nxt is None:
+                        ahead = None
+                        break
+                    ahead[i] = nxt
+            if ahead is not None:
+                ordered.append(tuple(ahead))
+        for step in range(1, self.config.max_step + 1):
+            level = []
+            for i, coord in enumerate(self._coordinates):
+                for value in coord.neighbors(inc[i], step):
+                    level.append(inc[:i] + (value,) + inc[i + 1 :])
+            ordered.extend(level[j] for j in self._rng.permutation(len(level)))
+        seen: set[Vector] = set()
+        self._queue = [v for v in ordered if not (v in seen or seen.add(v))]
+        self._neighborhood = set(self._queue)

@@ -1,0 +1,535 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""``DropletSearch``: MetaSchedule's evolutionary search explores, coordinate descent exploits.
+
+The adapter between MetaSchedule's ``SearchStrategy`` protocol and the pure descent core
+(:mod:`ms_droplet._descent`). It holds no algorithm: phases, budget, replay and
+postprocessing, de-duplication, logging, seeding and cloning.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm.ir.utils import derived_object
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.search_strategy import (
+    EvolutionarySearch,
+    MeasureCandidate,
+    PySearchStrategy,
+)
+
+from ._descent import DescentConfig, DescentCore, Move, Vector
+from ._trace import TraceSpace, replay
+
+_LOG_PREFIX = "tvm.s_tir.meta_schedule.logging.task_"
+_FAILED_RUN_SECS = 1e9  # MetaSchedule stores failed candidates with run_secs=[1e10]
+_EVOLUTIONARY_OPTIONS = tuple(
+    name for name in inspect.signature(EvolutionarySearch.__init__).parameters if name != "self"
+)
+
+
+def default_exploration_trials(max_trials: int) -> int:
+    """The exploration budget used when ``exploration_trials`` is not given.
+
+    30 % of the task's budget, at least 16 trials and at most 300 (the paper explored 300
+    samples of a 10,000 budget), never more than ``max_trials``.
+    """
+    return max(0, min(max_trials, max(16, min(300, round(0.3 * max_trials)))))
+
+
+def _task_logger(task_name: str) -> logging.Logger:
+    """The per-task logger MetaSchedule made for ``task_name`` (files in work_dir/logs)."""
+    pattern = re.compile(re.escape(_LOG_PREFIX) + r"\d+_" + re.escape(task_name[:100]) + r"$")
+    for name in list(logging.Logger.manager.loggerDict):
+        if pattern.match(name):
+            logger = logging.getLogger(name)
+            if logger.handlers:
+                return logger
+    return logging.getLogger("tvm.s_tir.meta_schedule")
+
+
+def _samples_of(result) -> list[float]:
+    """Run times of one RunnerResult; empty when the candidate failed."""
+    if result.error_msg is not None or result.run_secs is None:
+        return []
+    samples = [float(x) for x in result.run_secs]
+    if not samples or any(not math.isfinite(s) or s <= 0 or s >= _FAILED_RUN_SECS for s in samples):
+        return []
+    return samples
+
+
+@dataclass
+class _Counters:
+    exploration: int = 0
+    descent: int = 0
+    remeasured: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    moves: int = 0
+
+
+@dataclass
+class _Batch:
+    """What was sent in the last batch: per candidate, the vectors it stands for and its hash."""
+
+    vectors: list[list[Vector]] = field(default_factory=list)
+    hashes: list[int | None] = field(default_factory=list)
+
+
+class _RunState:
+    """Everything that lives from ``pre_tuning`` to ``post_tuning``."""
+
+    def __init__(
+        self, strategy, max_trials, num_trials_per_iter, design_spaces, database, cost_model
+    ):
+        self.max_trials = max_trials
+        self.num_trials_per_iter = num_trials_per_iter
+        self.design_spaces = list(design_spaces)
+        self.database = database
+        self.cost_model = cost_model
+        self.trials = 0
+        self.phase = "exploration"
+        self.counts = _Counters()
+        self.measured: dict[int, list[float]] = {}  # structural hash -> pooled run times
+        self.failed: set[int] = set()
+        self.inner: EvolutionarySearch | None = None
+        self.space: TraceSpace | None = None
+        self.core: DescentCore | None = None
+        self.schedules: dict[Vector, tuple] = {}  # vector -> (schedule, hash)
+        self.batch = _Batch()
+        self.stop_reason: str | None = None
+        self.best = math.inf
+
+
+@derived_object
+class DropletSearch(PySearchStrategy):
+    """Droplet Search: a bounded evolutionary exploration, then coordinate descent.
+
+    The exploration phase delegates to MetaSchedule's ``EvolutionarySearch`` for
+    ``exploration_trials`` trials. The descent phase starts from the best measured record of
+    the workload in the database (earlier runs count) and moves one decision at a time
+    (tile factors, categorical indices, compute locations) to legal neighbors, accepting a move
+    only when the neighbor is faster by at least ``min_gain`` and a one-sided Welch t-test
+    gives ``p <= p_value``. A neighbor that looks faster but cannot be decided yet (the default
+    runner gives one sample per measurement) is measured again, with the incumbent, up to
+    ``max_measurements`` times. The task ends when the whole neighborhood (steps
+    ``1..max_step``) is known without an accepted move, or when its budget is spent.
+
+    Parameters
+    ----------
+    exploration_trials : Optional[int]
+        Trials given to evolutionary search, counted in the task's budget. ``None``: see
+        :func:`default_exploration_trials` (30 % of the budget, between 16 and 300). ``0``
+        starts the descent from the database's best record, or from the design space.
+    p_value : float
+        Significance level of the acceptance test, in (0, 1).
+    min_gain : float
+        Smallest relative speed-up worth testing, in [0, 1).
+    max_step : int
+        Largest step of the neighborhood (steps beyond 1 are the paper's speculation).
+    max_measurements : int
+        How many times one schedule may be measured to decide a contested move (>= 1).
+    **evolutionary_options
+        Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
+        ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
+        ``genetic_mutate_prob``, ``genetic_max_fail_count``, ``eps_greedy``).
+    """
+
+    def __init__(
+        self,
+        *,
+        exploration_trials: int | None = None,
+        p_value: float = 0.05,
+        min_gain: float = 0.01,
+        max_step: int = 2,
+        max_measurements: int = 3,
+        **evolutionary_options,
+    ) -> None:
+        _check_int("exploration_trials", exploration_trials, minimum=0, allow_none=True)
+        _check_number("p_value", p_value, low=0.0, high=1.0, low_open=True, high_open=True)
+        _check_number("min_gain", min_gain, low=0.0, high=1.0, low_open=False, high_open=True)
+        _check_int("max_step", max_step, minimum=1)
+        _check_int("max_measurements", max_measurements, minimum=1)
+        unknown = sorted(set(evolutionary_options) - set(_EVOLUTIONARY_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"DropletSearch: unknown option(s) {unknown}; the options are exploration_trials, "
+                f"p_value, min_gain, max_step, max_measurements and the EvolutionarySearch "
+                f"options {list(_EVOLUTIONARY_OPTIONS)}"
+            )
+        self.exploration_trials = exploration_trials
+        self.config = DescentConfig(
+            p_value=float(p_value),
+            min_gain=float(min_gain),
+            max_step=int(max_step),
+            max_measurements=int(max_measurements),
+        )
+        self.evolutionary_options = dict(evolutionary_options)
+        self._context = None
+        self._state: _RunState | None = None
+        self._logger = logging.getLogger("tvm.s_tir.meta_schedule")
+
+    # ------------------------------------------------------------------ protocol
+    def _initialize_with_tune_context(self, context) -> None:
+        self._context = context
+        self._logger = _task_logger(str(context.task_name or "main"))
+
+    def pre_tuning(
+        self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None
+    ) -> None:
+        if self._context is None:
+            raise RuntimeError(
+                "DropletSearch.pre_tuning: the strategy has no tune context; create it through "
+                "TuneContext(search_strategy=...) or call _initialize_with_tune_context first"
+            )
+        if self._state is not None:
+            raise RuntimeError(
+                "DropletSearch.pre_tuning called twice; call post_tuning before tuning again"
+            )
+        # pylint: disable=import-outside-toplevel
+        from tvm.s_tir.meta_schedule.cost_model import RandomModel
+        from tvm.s_tir.meta_schedule.database import MemoryDatabase
+
+        database = database if database is not None else MemoryDatabase()
+        cost_model = cost_model if cost_model is not None else RandomModel()
+        state = _RunState(
+            self, int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
+        )
+        self._rng = np.random.default_rng(abs(int(self._context.rand_state)))
+        explore = (
+            default_exploration_trials(state.max_trials)
+            if self.exploration_trials is None
+            else self.exploration_trials
+        )
+        if explore > state.max_trials:
+            self._logger.warning(
+                "droplet: exploration_trials=%d exceeds this task's budget of %d trials; "
+                "exploring for %d",
+                explore,
+                state.max_trials,
+                state.max_trials,
+            )
+            explore = state.max_trials
+        state.exploration_budget = explore
+        self._state = state
+        self._logger.info(
+            "droplet: budget %d trials, exploration %d (evolutionary search), then descent "
+            "(p_value=%s, min_gain=%s, max_step=%d, max_measurements=%d)",
+            state.max_trials,
+            explore,
+            self.config.p_value,
+            self.config.min_gain,
+            self.config.max_step,
+            self.config.max_measurements,
+        )
+        if explore > 0:
+            inner = EvolutionarySearch(**self.evolutionary_options)
+            inner._initialize_with_tune_context(self._context)  # pylint: disable=protected-access
+            inner.pre_tuning(
+                explore, state.num_trials_per_iter, design_spaces, database, cost_model
+            )
+            state.inner = inner
+        else:
+            state.phase = "descent"
+
+    def post_tuning(self) -> None:
+        state = self._state
+        if state is None:
+            return
+        try:
+            self._finish_exploration(state)
+            c = state.counts
+            self._logger.info(
+                "droplet: summary: %d trials (exploration %d, descent %d of which %d "
+                "re-measurements), %d accepted moves, %d invalid neighbors dropped, %d duplicates "
+                "skipped, %d failed measurements, best %s; stop: %s",
+                state.trials,
+                c.exploration,
+                c.descent,
+                c.remeasured,
+                c.moves,
+                c.invalid,
+                c.duplicates,
+                c.failures,
+                _fmt_secs(state.best),
+                state.stop_reason or "budget spent",
+            )
+        finally:
+            self._state = None
+
+    def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
+        state = self._state
+        if state is None:
+            self._logger.error("droplet: generate_measure_candidates called before pre_tuning")
+            return None
+        try:
+            remaining = state.max_trials - state.trials
+            if remaining <= 0:
+                state.stop_reason = state.stop_reason or "budget spent"
+                return None
+            candidates = None
+            if state.phase == "exploration":
+                candidates = self._explore(state, remaining)
+            if candidates is None and state.phase == "descent":
+                candidates = self._descend(state, min(remaining, state.num_trials_per_iter))
+            if not candidates:
+                state.phase = "done"
+                return None
+            state.trials += len(candidates)
+            return candidates
+        except Exception:  # noqa: BLE001 - an exception here would abort the whole tuning run
+            self._logger.exception("droplet: unexpected error; ending this task's search")
+            state.stop_reason = "internal error (see the traceback above)"
+            state.phase = "done"
+            return None
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        state = self._state
+        if state is None:
+            return
+        try:
+            if state.phase == "exploration" and state.inner is not None:
+                state.inner.notify_runner_results(measure_candidates, results)
+            batch, state.batch = state.batch, _Batch()
+            for i, (candidate, result) in enumerate(zip(measure_candidates, results)):
+                samples = _samples_of(result)
+                shash = batch.hashes[i] if i < len(batch.hashes) else None
+                if shash is None:
+                    shash = _hash_of(candidate.sch)
+                if samples:
+                    state.measured.setdefault(shash, []).extend(samples)
+                    state.best = min(state.best, float(np.mean(samples)))
+                else:
+                    state.counts.failures += 1
+                    state.failed.add(shash)
+                    self._logger.debug(
+                        "droplet: candidate failed: %s", (result.error_msg or "no run time")[:300]
+                    )
+                if state.core is not None and i < len(batch.vectors):
+                    for vector in batch.vectors[i]:
+                        state.core.observe(vector, samples)
+            if state.core is not None and batch.vectors:
+                self._log_move(state, state.core.conclude())
+        except Exception:  # noqa: BLE001 - an exception here would abort the whole tuning run
+            self._logger.exception("droplet: unexpected error while reading runner results")
+
+    def clone(self) -> DropletSearch:
+        return DropletSearch(
+            exploration_trials=self.exploration_trials,
+            p_value=self.config.p_value,
+            min_gain=self.config.min_gain,
+            max_step=self.config.max_step,
+            max_measurements=self.config.max_measurements,
+            **self.evolutionary_options,
+        )
+
+    # ------------------------------------------------------------------ phases
+    def _explore(self, state: _RunState, remaining: int) -> list[MeasureCandidate] | None:
+        left = min(state.exploration_budget - state.counts.exploration, remaining)
+        candidates = None
+        if left > 0 and state.inner is not None:
+            candidates = state.inner.generate_measure_candidates()
+        if candidates:
+            candidates = list(candidates)[:left]
+            state.counts.exploration += len(candidates)
+            return candidates
+        self._finish_exploration(state)
+        state.phase = "descent"
+        self._start_descent(state)
+        return None
+
+    def _finish_exploration(self, state: _RunState) -> None:
+        if state.inner is not None:
+            state.inner.post_tuning()
+            state.inner = None
+
+    def _start_descent(self, state: _RunState) -> None:
+        context = self._context
+        mod = context.mod
+        postprocs = list(context.space_generator.postprocs)
+        seed = int(self._rng.integers(1, 2**31 - 1))
+        start_trace, start_hash = None, None
+        workload = state.database.commit_workload(mod)
+        records = state.database.get_top_k(workload, 1 << 30)
+        for record in records:
+            replayed = replay(mod, record.trace, postprocs, seed)
+            if replayed.shash is None:
+                continue
+            run_secs = [float(x) for x in (record.run_secs or [])]
+            if run_secs and all(math.isfinite(s) and 0 < s < _FAILED_RUN_SECS for s in run_secs):
+                if replayed.shash not in state.measured:
+                    state.measured[replayed.shash] = list(run_secs)
+                    state.best = min(state.best, float(np.mean(run_secs)))
+                if start_trace is None:
+                    start_trace, start_hash = record.trace, replayed.shash
+            else:
+                state.failed.add(replayed.shash)
+        source = "the best record of the database"
+        if start_trace is None:
+            if not state.design_spaces:
+                state.stop_reason = "no design space and no measured record to start from"
+                return
+            start_trace = state.design_spaces[0].trace
+            source = "the design space (no valid record in the database)"
+        space = TraceSpace(mod, start_trace, postprocs, seed)
+        state.space = space
+        if not space.insts:
+            state.stop_reason = "the schedule has no sampling decisions: exploration only"
+            self._logger.info("droplet: %s", state.stop_reason)
+            return
+        start = space.start
+        start_samples = state.measured.get(start_hash, []) if start_hash is not None else []
+        state.core = DescentCore(
+            start,
+            start_samples,
+            space.coordinates_at(start),
+            self.config,
+            self._rng,
+            coordinates_at=space.coordinates_at,
+        )
+        self._logger.info(
+            "droplet: exploration done after %d trials (%d records of this workload in the "
+            "database); descent starts from %s, %s, over %d decisions",
+            state.counts.exploration,
+            len(records),
+            source,
+            _fmt_secs(float(np.mean(start_samples))) if start_samples else "not yet measured",
+            len(start),
+        )
+
+    def _descend(self, state: _RunState, cap: int) -> list[MeasureCandidate] | None:
+        core, space = state.core, state.space
+        if core is None or space is None:
+            return None
+        batch: list[MeasureCandidate] = []
+        vectors: list[list[Vector]] = []
+        hashes: list[int | None] = []
+        slot_of_hash: dict[int, int] = {}
+        while len(batch) < cap:
+            proposals = core.propose(cap - len(batch))
+            if not proposals:
+                if batch:
+                    break
+                self._log_move(state, core.conclude())
+                proposals = core.propose(cap)
+                if not proposals:
+                    break
+            for proposal in proposals:
+                vector = proposal.vector
+                if proposal.remeasure or vector not in state.schedules:
+                    if vector not in state.schedules:
+                        replayed = space.replay(vector)
+                        if replayed.sch is None:
+                            state.counts.invalid += 1
+                            core.reject(vector)
+                            self._logger.debug(
+                                "droplet: invalid neighbor %s: %s", vector, replayed.error
+                            )
+                            continue
+                        state.schedules[vector] = (replayed.sch, replayed.shash)
+                sch, shash = state.schedules[vector]
+                if not proposal.remeasure:
+                    if shash in state.failed:
+                        state.counts.duplicates += 1
+                        core.observe(vector, [])
+                        continue
+                    if shash in state.measured:
+                        state.counts.duplicates += 1
+                        core.observe(vector, state.measured[shash])
+                        continue
+                    if shash in slot_of_hash:
+                        state.counts.duplicates += 1
+                        vectors[slot_of_hash[shash]].append(vector)
+                        continue
+                else:
+                    state.counts.remeasured += 1
+                slot_of_hash[shash] = len(batch)
+                batch.append(
+                    MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
+                )
+                vectors.append([vector])
+                hashes.append(shash)
+        if not batch:
+            state.stop_reason = core.stop_reason or "no legal neighbor left to measure"
+            self._logger.info(
+                "droplet: descent stops: %s; best %s after %d moves",
+                state.stop_reason,
+                _fmt_secs(float(np.mean(core.incumbent_samples)))
+                if core.incumbent_samples
+                else "-",
+                state.counts.moves,
+            )
+            return None
+        state.counts.descent += len(batch)
+        state.batch = _Batch(vectors, hashes)
+        return batch
+
+    def _log_move(self, state: _RunState, move: Move | None) -> None:
+        if move is None or state.core is None:
+            return
+        state.counts.moves += 1
+        coords = state.core.coordinates
+        changes = ", ".join(f"{coords[i].name}: {a} -> {b}" for i, a, b in move.changes)
+        self._logger.info(
+            "droplet: move %d accepted: %s; speed-up %.3fx, p=%s, now %s",
+            state.counts.moves,
+            changes,
+            move.speedup,
+            "n/a" if move.p is None else f"{move.p:.3g}",
+            _fmt_secs(float(np.mean(state.core.incumbent_samples))),
+        )
+
+
+def _hash_of(sch) -> int:
+    import tvm_ffi  # pylint: disable=import-outside-toplevel
+
+    return int(tvm_ffi.structural_hash(sch.mod))
+
+
+def _fmt_secs(secs: float) -> str:
+    if not math.isfinite(secs):
+        return "none"
+    return f"{secs * 1e6:.2f} us"
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(
+            f"DropletSearch: {name} must be an integer >= {minimum}"
+            + (" or None" if allow_none else "")
+            + f", got {value!r}"
+        )
+
+
+def _check_number(name: str, value, low: float, high: float, low_open: bool, high_open: bool):
+    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high
+        )
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"DropletSearch: {name} must be a number in {interval}, got {value!r}")

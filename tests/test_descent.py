@@ -1,0 +1,199 @@
+"""The descent core on synthetic objectives (no TVM)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from ms_droplet._descent import (
+    CATEGORICAL,
+    PERFECT_TILE,
+    Coordinate,
+    DescentConfig,
+    DescentCore,
+    Outcome,
+    compare_samples,
+)
+
+
+def run_descent(objective, start, coords, config, seed=0, batch=4, budget=500, noise=None):
+    """Drive a core like the strategy does; returns (core, measurements, trajectory)."""
+    rng = np.random.default_rng(seed)
+    noise_rng = np.random.default_rng(seed + 1000)
+    core = DescentCore(start, [], coords, config, rng)
+    measured = 0
+    trajectory = [core.incumbent]
+    while measured < budget:
+        proposals = core.propose(batch)
+        if not proposals:
+            if core.conclude() is not None:
+                trajectory.append(core.incumbent)
+                continue
+            proposals = core.propose(batch)
+            if not proposals:
+                break
+        for p in proposals:
+            value = objective(p.vector)
+            if noise is None:
+                samples = [value, value]
+            else:
+                samples = list(value * (1 + noise * noise_rng.standard_normal(1)))
+            core.observe(p.vector, samples)
+            measured += 1
+        if core.conclude() is not None:
+            trajectory.append(core.incumbent)
+    return core, measured, trajectory
+
+
+def lattice_objective(vector):
+    """Minimum at tile (4, 8), index 2; separable and convex in log space."""
+    tile, index = vector
+    return 1.0 + abs(math.log2(tile[1]) - 3) + 0.5 * abs(index - 2)
+
+
+COORDS = [
+    Coordinate(PERFECT_TILE, "tile", max_innermost_factor=16),
+    Coordinate(CATEGORICAL, "unroll", choices=(0, 1, 2, 3)),
+]
+
+
+def test_finds_known_optimum_and_stops():
+    config = DescentConfig(p_value=0.05, min_gain=0.0, max_step=2, max_measurements=1)
+    core, measured, trajectory = run_descent(lattice_objective, ((32, 1), 0), COORDS, config)
+    assert core.incumbent == ((4, 8), 2)
+    assert core.finished
+    assert "local optimum" in core.stop_reason
+    assert measured < 500
+    # every move strictly improved the objective
+    values = [lattice_objective(v) for v in trajectory]
+    assert all(b < a for a, b in zip(values, values[1:]))
+
+
+def test_stops_at_local_optimum():
+    def two_basins(vector):
+        (_, index) = vector
+        return [1.0, 2.0, 3.0, 0.5][index]  # index 0 is a local optimum for steps <= 2
+
+    config = DescentConfig(p_value=0.05, min_gain=0.0, max_step=2, max_measurements=1)
+    coords = [Coordinate(CATEGORICAL, "fixed", choices=(0,)), COORDS[1]]
+    core, _, trajectory = run_descent(two_basins, (0, 0), coords, config)
+    assert core.incumbent == (0, 0)
+    assert trajectory == [(0, 0)]
+    assert core.finished
+    # With step 3 the global optimum is a neighbor.
+    config3 = DescentConfig(p_value=0.05, min_gain=0.0, max_step=3, max_measurements=1)
+    core3, _, _ = run_descent(two_basins, (0, 0), coords, config3)
+    assert core3.incumbent == (0, 3)
+
+
+def test_rejects_pure_noise():
+    def flat(vector):
+        return 1.0
+
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=2, max_measurements=3)
+    core, _, trajectory = run_descent(flat, ((32, 1), 0), COORDS, config, noise=0.005, seed=3)
+    assert trajectory == [((32, 1), 0)]
+    assert core.finished
+
+
+def test_noisy_but_real_gain_is_found_with_remeasurement():
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1, max_measurements=4)
+    core, _, _ = run_descent(
+        lattice_objective, ((32, 1), 1), COORDS, config, noise=0.01, seed=5, budget=800
+    )
+    assert core.incumbent == ((4, 8), 2)
+
+
+def test_point_without_neighbors_finishes_after_measuring_start():
+    coords = [Coordinate(PERFECT_TILE, "t"), Coordinate(CATEGORICAL, "c", choices=(0,))]
+    core, measured, _ = run_descent(lambda v: 1.0, ((1, 1), 0), coords, DescentConfig())
+    assert measured == 1
+    assert core.finished
+
+
+def test_failed_start_stops():
+    core = DescentCore(((8, 1),), [], [COORDS[0]], DescentConfig(), np.random.default_rng(0))
+    (p,) = core.propose(4)
+    core.observe(p.vector, [])
+    assert core.conclude() is None
+    assert core.propose(4) == []
+    assert "failed" in core.stop_reason
+
+
+def test_failures_are_never_accepted():
+    core = DescentCore(((8, 1),), [1.0, 1.0], [COORDS[0]], DescentConfig(), np.random.default_rng(0))
+    for p in core.propose(10):
+        core.observe(p.vector, [math.inf])
+    assert core.conclude() is None
+    assert core.incumbent == ((8, 1),)
+
+
+def test_same_seed_same_trajectory_different_seed_different_order():
+    config = DescentConfig(min_gain=0.0, max_measurements=1)
+    a = run_descent(lattice_objective, ((32, 1), 0), COORDS, config, seed=7)
+    b = run_descent(lattice_objective, ((32, 1), 0), COORDS, config, seed=7)
+    assert a[2] == b[2] and a[1] == b[1]
+    first = DescentCore(((32, 1), 0), [1.0], COORDS, config, np.random.default_rng(1)).propose(8)
+    second = DescentCore(((32, 1), 0), [1.0], COORDS, config, np.random.default_rng(2)).propose(8)
+    assert {p.vector for p in first} == {p.vector for p in second}
+    assert [p.vector for p in first] != [p.vector for p in second]
+
+
+def test_step_one_before_speculation():
+    core = DescentCore(
+        ((32, 1), 0), [1.0], COORDS, DescentConfig(max_step=2), np.random.default_rng(0)
+    )
+    step1 = {((16, 2), 0), ((32, 1), 1)}
+    first = [p.vector for p in core.propose(2)]
+    assert set(first) == step1
+    second = [p.vector for p in core.propose(10)]
+    assert set(second) == {((8, 4), 0), ((32, 1), 2)}
+
+
+def test_continuation_of_accepted_move_comes_first():
+    config = DescentConfig(min_gain=0.0, max_step=1, max_measurements=1)
+    core = DescentCore(((32, 1), 0), [2.0, 2.0], COORDS, config, np.random.default_rng(0))
+    for p in core.propose(10):
+        core.observe(p.vector, [1.0, 1.0] if p.vector == ((16, 2), 0) else [3.0, 3.0])
+    move = core.conclude()
+    assert move is not None and move.changes == ((0, (32, 1), (16, 2)),)
+    assert core.propose(1)[0].vector == ((8, 4), 0)
+
+
+def test_contested_candidate_is_remeasured_with_incumbent():
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1, max_measurements=3)
+    core = DescentCore(((32, 1), 0), [1.0], COORDS, config, np.random.default_rng(0))
+    for p in core.propose(10):
+        core.observe(p.vector, [0.8] if p.vector == ((16, 2), 0) else [1.2])
+    assert core.conclude() is None  # one sample each: undecided
+    again = core.propose(10)
+    assert [(p.vector, p.remeasure) for p in again[:2]] == [
+        (((32, 1), 0), True),
+        (((16, 2), 0), True),
+    ]
+    core.observe(((32, 1), 0), [1.01])
+    core.observe(((16, 2), 0), [0.81])
+    move = core.conclude()
+    assert move is not None and move.p is not None and move.p <= 0.05
+    assert core.incumbent == ((16, 2), 0)
+
+
+@pytest.mark.parametrize(
+    "inc, cand, outcome",
+    [
+        ([1.0, 1.01, 0.99], [0.5, 0.51, 0.49], Outcome.ACCEPT),
+        ([1.0, 1.01, 0.99], [1.2, 1.21, 1.19], Outcome.REJECT),
+        ([1.0], [0.5], Outcome.UNDECIDED),
+        ([1.0, 1.0], [0.999, 0.999], Outcome.REJECT),  # below min_gain
+        ([1.0, 1.0], [0.5, 0.5], Outcome.ACCEPT),  # zero variance, clear difference
+        ([1.0, 0.6, 1.4], [0.9, 0.5, 1.3], Outcome.UNDECIDED),  # faster but not significant
+        ([1.0, 1.0], [], Outcome.REJECT),
+    ],
+)
+def test_compare_samples(inc, cand, outcome):
+    assert compare_samples(inc, cand, p_value=0.05, min_gain=0.01).outcome is outcome
+
+
+def test_coordinate_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="Coordinate.kind must be one of"):
+        Coordinate("SampleInt", "x")
