@@ -174,9 +174,17 @@ def compare_samples(
     if np.var(incumbent) == 0.0 and np.var(candidate) == 0.0:
         p = 0.0  # two constant samples that differ: the difference is certain
     else:
+        import warnings  # pylint: disable=import-outside-toplevel
+
         from scipy import stats  # pylint: disable=import-outside-toplevel
 
-        p = float(stats.ttest_ind(candidate, incumbent, equal_var=False, alternative="less").pvalue)
+        with warnings.catch_warnings():
+            # Nearly identical timings make scipy warn about precision; the p-value stays usable.
+            warnings.simplefilter("ignore", RuntimeWarning)
+            test = stats.ttest_ind(candidate, incumbent, equal_var=False, alternative="less")
+        p = float(test.pvalue)
+        if math.isnan(p):
+            p = 1.0
     outcome = Outcome.ACCEPT if p <= p_value else Outcome.UNDECIDED
     return Verdict(outcome, speedup, p)
 

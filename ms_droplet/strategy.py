@@ -120,6 +120,8 @@ class _RunState:
         self.batch = _Batch()
         self.stop_reason: str | None = None
         self.best = math.inf
+        self.exploration_budget = 0
+        self.descent_started = False
 
 
 @derived_object
@@ -292,6 +294,9 @@ class DropletSearch(PySearchStrategy):
             if state.phase == "exploration":
                 candidates = self._explore(state, remaining)
             if candidates is None and state.phase == "descent":
+                if not state.descent_started:
+                    state.descent_started = True
+                    self._start_descent(state)
                 candidates = self._descend(state, min(remaining, state.num_trials_per_iter))
             if not candidates:
                 state.phase = "done"
@@ -356,7 +361,6 @@ class DropletSearch(PySearchStrategy):
             return candidates
         self._finish_exploration(state)
         state.phase = "descent"
-        self._start_descent(state)
         return None
 
     def _finish_exploration(self, state: _RunState) -> None:

@@ -121,7 +121,9 @@ def test_failed_start_stops():
 
 
 def test_failures_are_never_accepted():
-    core = DescentCore(((8, 1),), [1.0, 1.0], [COORDS[0]], DescentConfig(), np.random.default_rng(0))
+    core = DescentCore(
+        ((8, 1),), [1.0, 1.0], [COORDS[0]], DescentConfig(), np.random.default_rng(0)
+    )
     for p in core.propose(10):
         core.observe(p.vector, [math.inf])
     assert core.conclude() is None

@@ -1,0 +1,210 @@
+"""DropletSearch driven through MetaSchedule's protocol with fake runner results."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import tvm_ffi
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.database import TuningRecord
+from tvm.s_tir.meta_schedule.runner import RunnerResult
+from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+
+from ms_droplet import DropletSearch, default_exploration_trials
+
+from .conftest import synthetic_cost
+
+_names = itertools.count()
+MOD = create_te_workload("GMM", 0)
+
+
+def drive(
+    strategy,
+    target,
+    max_trials,
+    num_trials_per_iter,
+    *,
+    database=None,
+    seed=1,
+    failing=lambda index: False,
+    samples=2,
+):
+    """Run one task by hand like the task scheduler does; commit records like AddToDatabase."""
+    context = ms.TuneContext(
+        mod=MOD,
+        target=target,
+        space_generator="post-order-apply",
+        search_strategy=strategy,
+        task_name=f"proto{next(_names)}",
+        rand_state=seed,
+        num_threads=1,
+    )
+    database = database if database is not None else ms.database.MemoryDatabase()
+    context.pre_tuning(
+        max_trials,
+        num_trials_per_iter,
+        context.generate_design_space(),
+        database,
+        ms.cost_model.RandomModel(seed=seed),
+    )
+    workload = database.commit_workload(context.mod)
+    batches = []
+    count = 0
+    for _ in range(10 * max_trials + 10):
+        candidates = context.generate_measure_candidates()
+        if candidates is None:
+            break
+        assert len(candidates) > 0, "a strategy must never return []"
+        results = []
+        for candidate in candidates:
+            if failing(count):
+                results.append(RunnerResult(run_secs=None, error_msg="fake build failure"))
+            else:
+                cost = synthetic_cost(candidate.sch)
+                results.append(RunnerResult(run_secs=[cost] * samples, error_msg=None))
+            count += 1
+        context.notify_runner_results(candidates, results)
+        for candidate, result in zip(candidates, results):
+            database.commit_tuning_record(
+                TuningRecord(
+                    candidate.sch.trace,
+                    workload,
+                    result.run_secs if result.run_secs is not None else [1e10],
+                    target,
+                    candidate.args_info,
+                )
+            )
+        batches.append(
+            [
+                (
+                    int(tvm_ffi.structural_hash(c.sch.mod)),
+                    float(r.run_secs[0]) if r.run_secs else None,
+                )
+                for c, r in zip(candidates, results)
+            ]
+        )
+    context.post_tuning()
+    return batches, database
+
+
+def test_budget_cap_batches_and_phase_switch(host_target, droplet_log):
+    batches, _ = drive(DropletSearch(exploration_trials=6), host_target, 20, 4)
+    sizes = [len(b) for b in batches]
+    assert sum(sizes) <= 20
+    assert all(0 < s <= 4 for s in sizes)
+    text = droplet_log.text()
+    assert "exploration done after 6 trials" in text
+    total = sum(sizes)
+    assert f"summary: {total} trials (exploration 6, descent {total - 6}" in text
+
+
+def test_descent_improves_on_exploration_and_never_repeats(host_target, droplet_log):
+    batches, _ = drive(DropletSearch(exploration_trials=4), host_target, 60, 8)
+    flat = [item for batch in batches for item in batch]
+    explored, descended = flat[:4], flat[4:]
+    assert descended, "the descent measured nothing"
+    assert min(c for _, c in descended) < min(c for _, c in explored)
+    hashes = [h for h, _ in flat]
+    assert len(hashes) == len(set(hashes)), "a module was measured twice"
+    assert "move 1 accepted" in droplet_log.text()
+
+
+def test_stops_at_local_optimum_and_leaves_budget(host_target, droplet_log):
+    batches, _ = drive(DropletSearch(exploration_trials=2, max_step=1), host_target, 2000, 32)
+    used = sum(len(b) for b in batches)
+    assert used < 2000
+    assert "local optimum" in droplet_log.text()
+
+
+def test_failures_are_counted_and_never_raise(host_target, droplet_log):
+    batches, _ = drive(
+        DropletSearch(exploration_trials=4), host_target, 24, 4, failing=lambda i: i % 3 == 1
+    )
+    assert sum(len(b) for b in batches) == 24
+    text = droplet_log.text()
+    failed = sum(1 for i in range(24) if i % 3 == 1)
+    assert f"{failed} failed measurements" in text
+
+
+def test_descent_starts_from_database_best_and_skips_known(host_target, droplet_log):
+    first, database = drive(DropletSearch(exploration_trials=8), host_target, 16, 8)
+    known = {h for batch in first for h, _ in batch}
+    best = min(c for batch in first for _, c in batch)
+    second, _ = drive(DropletSearch(exploration_trials=0), host_target, 16, 8, database=database)
+    again = [h for batch in second for h, _ in batch]
+    assert again, "the second run measured nothing"
+    assert not known & set(again), "a module already in the database was measured again"
+    assert f"starts from the best record of the database, {best * 1e6:.2f} us" in droplet_log.text()
+
+
+def test_same_seed_same_trajectory(host_target):
+    a, _ = drive(DropletSearch(exploration_trials=0), host_target, 24, 4, seed=11)
+    b, _ = drive(DropletSearch(exploration_trials=0), host_target, 24, 4, seed=11)
+    c, _ = drive(DropletSearch(exploration_trials=0), host_target, 24, 4, seed=12)
+    assert a == b
+    assert a != c
+
+
+def test_single_sample_runner_remeasures_contested(host_target, droplet_log):
+    drive(DropletSearch(exploration_trials=4), host_target, 40, 8, samples=1)
+    assert "re-measurements" in droplet_log.text()
+    summary = [m for m in droplet_log.messages if "summary" in m][-1]
+    assert " 0 re-measurements" not in summary
+
+
+def test_clone_keeps_options_and_works_in_the_protocol(host_target, droplet_log):
+    strategy = DropletSearch(exploration_trials=7, max_step=1, population_size=64)
+    drive(strategy, host_target, 10, 4)
+    batches, _ = drive(strategy.clone(), host_target, 10, 4)
+    assert sum(len(b) for b in batches) == 10
+    runs = [m for m in droplet_log.messages if "exploration done after 7 trials" in m]
+    assert len(runs) == 2
+    assert all("max_step=1" in m for m in droplet_log.messages if "budget 10 trials" in m)
+
+
+def test_name_resolves_everywhere(host_target):
+    from tvm.s_tir.meta_schedule import search_strategy
+    from tvm.s_tir.meta_schedule.search_strategy import SearchStrategy
+
+    for create in (SearchStrategy.create, search_strategy.create):
+        made = create("droplet", exploration_trials=3)
+        assert made.exploration_trials == 3
+    assert type(SearchStrategy.create("evolutionary")).__name__ == "EvolutionarySearch"
+    assert type(SearchStrategy.create("replay-trace")).__name__ == "ReplayTrace"
+    context = ms.TuneContext(
+        mod=MOD, target=host_target, space_generator="post-order-apply", search_strategy="droplet"
+    )
+    assert context.search_strategy is not None
+    with pytest.raises(ValueError, match="Unknown SearchStrategy"):
+        SearchStrategy.create("no-such-strategy")
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"p_value": 0.0}, r"p_value must be a number in \(0.0, 1.0\), got 0.0"),
+        ({"p_value": 1.5}, r"p_value must be a number in \(0.0, 1.0\), got 1.5"),
+        ({"min_gain": -0.1}, r"min_gain must be a number in \[0.0, 1.0\)"),
+        ({"exploration_trials": -1}, r"exploration_trials must be an integer >= 0 or None"),
+        ({"max_step": 0}, r"max_step must be an integer >= 1, got 0"),
+        ({"max_measurements": 1.5}, r"max_measurements must be an integer >= 1"),
+    ],
+)
+def test_bad_options_are_named(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DropletSearch(**kwargs)
+
+
+def test_unknown_option_lists_the_allowed_ones():
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['pvalue'\].*population_size"):
+        DropletSearch(pvalue=0.1)
+    with pytest.raises(TypeError):
+        DropletSearch(5)  # keyword-only
+
+
+@pytest.mark.parametrize(
+    "budget, expected", [(1, 1), (10, 10), (64, 19), (1000, 300), (10**4, 300)]
+)
+def test_default_exploration(budget, expected):
+    assert default_exploration_trials(budget) == expected
