@@ -89,6 +89,23 @@ class _Counters:
     moves: int = 0
 
 
+@dataclass(frozen=True)
+class DropletReport:
+    """What one task's droplet search did, appended to ``DropletSearch.reports`` at its end."""
+
+    task_name: str
+    trials: int
+    exploration: int
+    descent: int
+    remeasured: int
+    moves: int
+    invalid: int
+    duplicates: int
+    failures: int
+    best_secs: float
+    stop_reason: str
+
+
 @dataclass
 class _Batch:
     """What was sent in the last batch: per candidate, the vectors it stands for and its hash."""
@@ -191,6 +208,9 @@ class DropletSearch(PySearchStrategy):
         self._context = None
         self._state: _RunState | None = None
         self._logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        # Shared with every clone: MetaSchedule tunes clones, so this is where a caller finds
+        # one DropletReport per task after tuning.
+        self.reports: list[DropletReport] = []
 
     # ------------------------------------------------------------------ protocol
     def _initialize_with_tune_context(self, context) -> None:
@@ -277,6 +297,21 @@ class DropletSearch(PySearchStrategy):
                 _fmt_secs(state.best),
                 state.stop_reason or "budget spent",
             )
+            self.reports.append(
+                DropletReport(
+                    task_name=str(self._context.task_name),
+                    trials=state.trials,
+                    exploration=c.exploration,
+                    descent=c.descent,
+                    remeasured=c.remeasured,
+                    moves=c.moves,
+                    invalid=c.invalid,
+                    duplicates=c.duplicates,
+                    failures=c.failures,
+                    best_secs=state.best,
+                    stop_reason=state.stop_reason or "budget spent",
+                )
+            )
         finally:
             self._state = None
 
@@ -340,7 +375,7 @@ class DropletSearch(PySearchStrategy):
             self._logger.exception("droplet: unexpected error while reading runner results")
 
     def clone(self) -> DropletSearch:
-        return DropletSearch(
+        twin = DropletSearch(
             exploration_trials=self.exploration_trials,
             p_value=self.config.p_value,
             min_gain=self.config.min_gain,
@@ -348,6 +383,8 @@ class DropletSearch(PySearchStrategy):
             max_measurements=self.config.max_measurements,
             **self.evolutionary_options,
         )
+        twin.reports = self.reports
+        return twin
 
     # ------------------------------------------------------------------ phases
     def _explore(self, state: _RunState, remaining: int) -> list[MeasureCandidate] | None:
