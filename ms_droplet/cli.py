@@ -157,12 +157,27 @@ def load_workload(workload: str | None, tir: str | None):
     if tir is not None:
         if not os.path.isfile(tir):
             raise UsageError(f"--tir: no such file {tir!r}; give the path of a TVMScript file")
-        with open(tir, encoding="utf-8") as f:
-            text = f.read()
+        import runpy  # pylint: disable=import-outside-toplevel
+
         try:
-            mod = tvm.script.from_source(text)
-        except Exception as err:  # noqa: BLE001 - the parser raises many error types
-            raise UsageError(f"--tir: {tir!r} is not valid TVMScript: {err}") from None
+            namespace = runpy.run_path(tir)
+        except Exception as err:  # noqa: BLE001 - a user's script can raise anything
+            raise UsageError(
+                f"--tir: running {tir!r} failed: {type(err).__name__}: {err}"
+            ) from None
+        found = {
+            name: value
+            for name, value in namespace.items()
+            if isinstance(value, (tvm.tirx.PrimFunc, tvm.IRModule)) and not name.startswith("_")
+        }
+        if len(found) > 1:
+            found = {k: v for k, v in found.items() if k in ("main", "Module")} or found
+        if len(found) != 1:
+            raise UsageError(
+                f"--tir: {tir!r} must define exactly one @T.prim_func or @I.ir_module (or one "
+                f"named main / Module); found {sorted(found) or 'none'}"
+            )
+        (mod,) = found.values()
         return mod, os.path.basename(tir)
     workload = workload or DEFAULT_WORKLOAD
     name, _, index = workload.partition(":")
