@@ -27,6 +27,7 @@ import inspect
 import logging
 import math
 import re
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -104,6 +105,8 @@ class DropletReport:
     failures: int
     best_secs: float
     stop_reason: str
+    descent_search_secs: float
+    descent_start_secs: float
 
 
 @dataclass
@@ -117,9 +120,7 @@ class _Batch:
 class _RunState:
     """Everything that lives from ``pre_tuning`` to ``post_tuning``."""
 
-    def __init__(
-        self, strategy, max_trials, num_trials_per_iter, design_spaces, database, cost_model
-    ):
+    def __init__(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
         self.max_trials = max_trials
         self.num_trials_per_iter = num_trials_per_iter
         self.design_spaces = list(design_spaces)
@@ -139,6 +140,8 @@ class _RunState:
         self.best = math.inf
         self.exploration_budget = 0
         self.descent_started = False
+        self.search_secs = 0.0  # time spent in this strategy's own descent code
+        self.descent_start = math.nan  # mean run time of the descent's starting schedule
 
 
 @derived_object
@@ -236,7 +239,7 @@ class DropletSearch(PySearchStrategy):
         database = database if database is not None else MemoryDatabase()
         cost_model = cost_model if cost_model is not None else RandomModel()
         state = _RunState(
-            self, int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
+            int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
         )
         self._rng = np.random.default_rng(abs(int(self._context.rand_state)))
         explore = (
@@ -285,7 +288,7 @@ class DropletSearch(PySearchStrategy):
             self._logger.info(
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
                 "re-measurements), %d accepted moves, %d invalid neighbors dropped, %d duplicates "
-                "skipped, %d failed measurements, best %s; stop: %s",
+                "skipped, %d failed measurements, best %s, %.2f s in descent search; stop: %s",
                 state.trials,
                 c.exploration,
                 c.descent,
@@ -295,6 +298,7 @@ class DropletSearch(PySearchStrategy):
                 c.duplicates,
                 c.failures,
                 _fmt_secs(state.best),
+                state.search_secs,
                 state.stop_reason or "budget spent",
             )
             self.reports.append(
@@ -310,6 +314,8 @@ class DropletSearch(PySearchStrategy):
                     failures=c.failures,
                     best_secs=state.best,
                     stop_reason=state.stop_reason or "budget spent",
+                    descent_search_secs=state.search_secs,
+                    descent_start_secs=state.descent_start,
                 )
             )
         finally:
@@ -329,10 +335,12 @@ class DropletSearch(PySearchStrategy):
             if state.phase == "exploration":
                 candidates = self._explore(state, remaining)
             if candidates is None and state.phase == "descent":
+                tic = time.perf_counter()
                 if not state.descent_started:
                     state.descent_started = True
                     self._start_descent(state)
                 candidates = self._descend(state, min(remaining, state.num_trials_per_iter))
+                state.search_secs += time.perf_counter() - tic
             if not candidates:
                 state.phase = "done"
                 return None
@@ -370,7 +378,9 @@ class DropletSearch(PySearchStrategy):
                     for vector in batch.vectors[i]:
                         state.core.observe(vector, samples)
             if state.core is not None and batch.vectors:
+                tic = time.perf_counter()
                 self._log_move(state, state.core.conclude())
+                state.search_secs += time.perf_counter() - tic
         except Exception:  # noqa: BLE001 - an exception here would abort the whole tuning run
             self._logger.exception("droplet: unexpected error while reading runner results")
 
@@ -413,6 +423,8 @@ class DropletSearch(PySearchStrategy):
         start_trace, start_hash = None, None
         workload = state.database.commit_workload(mod)
         records = state.database.get_top_k(workload, 1 << 30)
+        target = str(context.target)
+        records = [r for r in records if r.target is None or str(r.target) == target]
         for record in records:
             replayed = replay(mod, record.trace, postprocs, seed)
             if replayed.shash is None:
@@ -441,6 +453,8 @@ class DropletSearch(PySearchStrategy):
             return
         start = space.start
         start_samples = state.measured.get(start_hash, []) if start_hash is not None else []
+        if start_samples:
+            state.descent_start = float(np.mean(start_samples))
         state.core = DescentCore(
             start,
             start_samples,
@@ -450,8 +464,8 @@ class DropletSearch(PySearchStrategy):
             coordinates_at=space.coordinates_at,
         )
         self._logger.info(
-            "droplet: exploration done after %d trials (%d records of this workload in the "
-            "database); descent starts from %s, %s, over %d decisions",
+            "droplet: exploration done after %d trials (%d records of this workload and target "
+            "in the database); descent starts from %s, %s, over %d decisions",
             state.counts.exploration,
             len(records),
             source,
