@@ -67,13 +67,16 @@ process over a pipe, one candidate at a time. Unlike ``multiprocessing`` with th
 ``forkserver`` context, they never re-import the user's ``__main__`` (a tuning script without an
 ``if __name__ == "__main__"`` guard would run again in every worker). They receive the parent's
 ``sys.path``, so build functions are pickled (with ``cloudpickle``) by reference as usual.
-Timeouts are enforced by the tuning process: TVM's ``PopenPoolExecutor`` arms its timer *inside*
-the worker, which cannot fire while a native call holds the GIL (seen: a 2 s timeout answered
-after 21 s). A worker that times out or dies is killed with its whole process group and
-replaced; the candidate gets ``BuilderResult(None, error_msg)`` and the batch goes on. Workers
-are recycled after ``max_builds_per_worker`` builds or when their resident memory exceeds
-``max_worker_rss_mb``. ``shutdown()``, ``with FastBuilder() as builder:``, garbage collection
-and interpreter exit all stop them; an idle worker whose parent died exits on its own.
+``concurrent.futures.ProcessPoolExecutor`` was not used either: it has no per-task timeout, and
+one worker that dies breaks the whole pool (every pending future fails). TVM's
+``PopenPoolExecutor`` could be kept open, but it arms its timeout *inside* the worker, where the
+timer cannot fire while a native call holds the GIL (seen: a 2 s timeout answered after 21 s).
+Here the tuning process enforces the timeout. A worker that times out or dies is killed with its
+whole process group and replaced; the candidate gets ``BuilderResult(None, error_msg)`` and the
+batch goes on. Workers are recycled after ``max_builds_per_worker`` builds or when their resident
+memory exceeds ``max_worker_rss_mb``. ``shutdown()``, the end of a ``with`` block, garbage
+collection, an exception (``KeyboardInterrupt``) during ``build`` and interpreter exit all stop
+them; a worker whose parent died exits on its own (at once if idle, else within a second).
 """
 
 from __future__ import annotations
@@ -600,22 +603,31 @@ class FastBuilder(PyBuilder):
         pool = self._get_pool()
         lazy = self.tensor_intrin == "lazy"
         futures = []
-        for build_input in build_inputs:
-            params = build_input.params
-            payload = (
-                self.f_build,
-                self.f_export,
-                build_input.mod,
-                build_input.target,
-                None if params is None else save_param_dict(params),
-                lazy,
-            )
-            futures.append(
-                pool.submit(
-                    payload, self.timeout_sec, self.max_builds_per_worker, self.max_worker_rss_mb
+        try:
+            for build_input in build_inputs:
+                params = build_input.params
+                payload = (
+                    self.f_build,
+                    self.f_export,
+                    build_input.mod,
+                    build_input.target,
+                    None if params is None else save_param_dict(params),
+                    lazy,
                 )
-            )
-        return [BuilderResult(*future.result()) for future in futures]
+                futures.append(
+                    pool.submit(
+                        payload,
+                        self.timeout_sec,
+                        self.max_builds_per_worker,
+                        self.max_worker_rss_mb,
+                    )
+                )
+            return [BuilderResult(*future.result()) for future in futures]
+        except BaseException:
+            # e.g. KeyboardInterrupt: do not leave builds running (interpreter exit would wait
+            # for them); the next build starts a new pool.
+            self.shutdown()
+            raise
 
     def warm_up(self) -> list[int]:
         """Start the workers now (they otherwise start on the first build).

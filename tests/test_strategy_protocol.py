@@ -208,3 +208,37 @@ def test_unknown_option_lists_the_allowed_ones():
 )
 def test_default_exploration(budget, expected):
     assert default_exploration_trials(budget) == expected
+
+
+def test_misuse_says_what_to_call_first(host_target):
+    strategy = DropletSearch()
+    context = ms.TuneContext(
+        mod=MOD,
+        target=host_target,
+        space_generator="post-order-apply",
+        search_strategy=strategy,
+        task_name=f"proto{next(_names)}",
+        rand_state=1,
+        num_threads=1,
+    )
+    spaces = context.generate_design_space()
+    database = ms.database.MemoryDatabase()
+    context.pre_tuning(8, 4, spaces, database, ms.cost_model.RandomModel(seed=1))
+    with pytest.raises(Exception, match="call post_tuning before tuning again"):
+        context.pre_tuning(8, 4, spaces, database, ms.cost_model.RandomModel(seed=1))
+    context.post_tuning()
+    # Before pre_tuning there is nothing to generate: None, not an exception.
+    assert context.generate_measure_candidates() is None
+
+
+def test_internal_error_ends_the_task_without_raising(host_target, droplet_log, monkeypatch):
+    import ms_droplet.strategy as strategy_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug in the descent")
+
+    monkeypatch.setattr(strategy_module, "TraceSpace", broken)
+    batches, _ = drive(DropletSearch(exploration_trials=4), host_target, 16, 4)
+    assert sum(len(b) for b in batches) == 4  # exploration only, then the task ends cleanly
+    text = droplet_log.text()
+    assert "unexpected error" in text and "internal error" in text

@@ -1,0 +1,120 @@
+"""Traces as coordinates: legal values only, replay with postprocessors, repairs detected."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import tvm
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+
+from ms_droplet._descent import COMPUTE_LOCATION, PERFECT_TILE
+from ms_droplet._trace import TraceSpace, trace_vector
+
+
+def _spaces(name, index, target, **space):
+    context = ms.TuneContext(
+        mod=create_te_workload(name, index),
+        target=target,
+        space_generator=ms.space_generator.PostOrderApply(**space) if space else "post-order-apply",
+        task_name=f"trace_{name}",
+        rand_state=1,
+        num_threads=1,
+    )
+    return context, context.generate_design_space()
+
+
+def _trace_space(context, design_space):
+    return TraceSpace(context.mod, design_space.trace, context.space_generator.postprocs, seed=1)
+
+
+def test_vector_round_trip_and_every_tile_neighbor_is_valid(host_target):
+    context, spaces = _spaces("GMM", 0, host_target)
+    space = _trace_space(context, spaces[0])
+    start = space.start
+    assert trace_vector(space.trace_of(start)) == start
+    assert space.replay(start).sch is not None
+    coords = space.coordinates_at(start)
+    checked = 0
+    for i, coord in enumerate(coords):
+        if coord.kind != PERFECT_TILE:
+            continue
+        for value in coord.neighbors(start[i], 1):
+            assert math.prod(value) == math.prod(start[i])
+            vector = start[:i] + (value,) + start[i + 1 :]
+            replayed = space.replay(vector)
+            assert replayed.sch is not None, replayed.error
+            assert trace_vector(replayed.sch.trace) == vector
+            checked += 1
+    assert checked > 10
+
+
+def test_compute_locations_are_probed_and_repairs_rejected(host_target):
+    context, spaces = _spaces("C2D", 0, host_target)
+    found = False
+    for design_space in spaces:
+        space = _trace_space(context, design_space)
+        coords = space.coordinates_at(space.start)
+        for i, coord in enumerate(coords):
+            if coord.kind != COMPUTE_LOCATION:
+                continue
+            found = True
+            assert space.start[i] in coord.choices
+            assert len(coord.choices) > 1
+            for location in coord.choices:
+                vector = space.start[:i] + (location,) + space.start[i + 1 :]
+                sch = space._schedule_without_postproc(vector)
+                assert trace_vector(sch.trace)[i] == location
+            illegal = [x for x in range(-2, max(coord.choices)) if x not in coord.choices]
+            if illegal:
+                vector = space.start[:i] + (illegal[0],) + space.start[i + 1 :]
+                replayed = space.replay(vector)
+                assert replayed.sch is None and "repaired" in replayed.error
+    assert found, "C2D:0 has a padding block with a sampled compute location"
+
+
+def test_wrong_tile_product_is_reported_as_repaired(host_target):
+    context, spaces = _spaces("GMM", 0, host_target)
+    space = _trace_space(context, spaces[0])
+    i = next(k for k, c in enumerate(space.coordinates_at(space.start)) if c.kind == PERFECT_TILE)
+    bad = list(space.start[i])
+    bad[-1] *= 2  # the product no longer equals the extent: replay would rewrite it silently
+    replayed = space.replay(space.start[:i] + (tuple(bad),) + space.start[i + 1 :])
+    assert replayed.sch is None and "repaired" in replayed.error
+
+
+def test_cuda_design_space_neighbors_postprocess_without_gpu():
+    target = tvm.target.Target(
+        {
+            "kind": "cuda",
+            "arch": "sm_80",
+            "max_threads_per_block": 1024,
+            "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32,
+        }
+    )
+    context, spaces = _spaces("GMM", 1, target)
+    postprocs = [type(p).__name__ for p in context.space_generator.postprocs]
+    assert "VerifyGPUCode" in postprocs
+    space = _trace_space(context, spaces[0])
+    coords = space.coordinates_at(space.start)
+    kinds = {c.kind for c in coords}
+    assert "SampleCategorical" in kinds and PERFECT_TILE in kinds
+    valid = invalid = 0
+    for i, coord in enumerate(coords):
+        for value in coord.neighbors(space.start[i], 1):
+            replayed = space.replay(space.start[:i] + (value,) + space.start[i + 1 :])
+            if replayed.sch is None:
+                invalid += 1
+            else:
+                valid += 1
+    assert valid > 0
+
+
+@pytest.mark.parametrize("vector_length", [0, 99])
+def test_trace_of_checks_length(host_target, vector_length):
+    context, spaces = _spaces("GMM", 0, host_target)
+    space = _trace_space(context, spaces[0])
+    with pytest.raises(ValueError, match="vector has"):
+        space.trace_of(tuple([1] * vector_length))
