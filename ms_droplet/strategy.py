@@ -44,6 +44,8 @@ from ._trace import TraceSpace, replay
 
 _LOG_PREFIX = "tvm.s_tir.meta_schedule.logging.task_"
 _FAILED_RUN_SECS = 1e9  # MetaSchedule stores failed candidates with run_secs=[1e10]
+# Evolutionary batches made only of already-measured modules before exploration gives up.
+_MAX_EMPTY_EXPLORATION_BATCHES = 3
 _EVOLUTIONARY_OPTIONS = tuple(
     name for name in inspect.signature(EvolutionarySearch.__init__).parameters if name != "self"
 )
@@ -130,6 +132,9 @@ class _RunState:
         self.phase = "exploration"
         self.counts = _Counters()
         self.measured: dict[int, list[float]] = {}  # structural hash -> pooled run times
+        self.traces: dict[int, object] = {}  # structural hash -> a trace that builds it
+        self.postprocs: list = []
+        self.replay_seed = 1
         self.failed: set[int] = set()
         self.inner: EvolutionarySearch | None = None
         self.space: TraceSpace | None = None
@@ -242,6 +247,11 @@ class DropletSearch(PySearchStrategy):
             int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
         )
         self._rng = np.random.default_rng(abs(int(self._context.rand_state)))
+        state.postprocs = list(self._context.space_generator.postprocs)
+        state.replay_seed = int(self._rng.integers(1, 2**31 - 1))
+        tic = time.perf_counter()
+        known = self._load_database(state)
+        state.search_secs += time.perf_counter() - tic
         explore = (
             default_exploration_trials(state.max_trials)
             if self.exploration_trials is None
@@ -256,6 +266,15 @@ class DropletSearch(PySearchStrategy):
                 state.max_trials,
             )
             explore = state.max_trials
+        if known:
+            self._logger.info(
+                "droplet: resuming: %d records of this workload and target are in the database "
+                "(read in %.2f s) and count toward the %d exploration trials",
+                known,
+                time.perf_counter() - tic,
+                explore,
+            )
+            explore = max(0, explore - known)
         state.exploration_budget = explore
         self._state = state
         self._logger.info(
@@ -365,6 +384,7 @@ class DropletSearch(PySearchStrategy):
                 shash = batch.hashes[i] if i < len(batch.hashes) else None
                 if shash is None:
                     shash = _hash_of(candidate.sch)
+                state.traces.setdefault(shash, candidate.sch.trace)
                 if samples:
                     state.measured.setdefault(shash, []).extend(samples)
                     state.best = min(state.best, float(np.mean(samples)))
@@ -399,13 +419,25 @@ class DropletSearch(PySearchStrategy):
     # ------------------------------------------------------------------ phases
     def _explore(self, state: _RunState, remaining: int) -> list[MeasureCandidate] | None:
         left = min(state.exploration_budget - state.counts.exploration, remaining)
-        candidates = None
-        if left > 0 and state.inner is not None:
+        for _ in range(_MAX_EMPTY_EXPLORATION_BATCHES):
+            if left <= 0 or state.inner is None:
+                break
             candidates = state.inner.generate_measure_candidates()
-        if candidates:
-            candidates = list(candidates)[:left]
-            state.counts.exploration += len(candidates)
-            return candidates
+            if not candidates:
+                break
+            fresh, hashes = [], []
+            for candidate in candidates:
+                shash = _hash_of(candidate.sch)
+                if shash in state.measured or shash in state.failed or shash in hashes:
+                    state.counts.duplicates += 1
+                    continue
+                fresh.append(candidate)
+                hashes.append(shash)
+            if fresh:
+                fresh, hashes = fresh[:left], hashes[:left]
+                state.counts.exploration += len(fresh)
+                state.batch = _Batch(hashes=hashes)
+                return fresh
         self._finish_exploration(state)
         state.phase = "descent"
         return None
@@ -415,37 +447,51 @@ class DropletSearch(PySearchStrategy):
             state.inner.post_tuning()
             state.inner = None
 
-    def _start_descent(self, state: _RunState) -> None:
+    def _load_database(self, state: _RunState) -> int:
+        """Learn every record of this workload and target: run times and traces by module hash.
+
+        Returns the number of records found. Each record is replayed once (about 2 ms).
+        """
         context = self._context
-        mod = context.mod
-        postprocs = list(context.space_generator.postprocs)
-        seed = int(self._rng.integers(1, 2**31 - 1))
-        start_trace, start_hash = None, None
-        workload = state.database.commit_workload(mod)
-        records = state.database.get_top_k(workload, 1 << 30)
+        workload = state.database.commit_workload(context.mod)
         target = str(context.target)
-        records = [r for r in records if r.target is None or str(r.target) == target]
+        records = [
+            r
+            for r in state.database.get_top_k(workload, 1 << 30)
+            if r.target is None or str(r.target) == target
+        ]
         for record in records:
-            replayed = replay(mod, record.trace, postprocs, seed)
+            replayed = replay(context.mod, record.trace, state.postprocs, state.replay_seed)
             if replayed.shash is None:
                 continue
             run_secs = [float(x) for x in (record.run_secs or [])]
             if run_secs and all(math.isfinite(s) and 0 < s < _FAILED_RUN_SECS for s in run_secs):
-                if replayed.shash not in state.measured:
-                    state.measured[replayed.shash] = list(run_secs)
-                    state.best = min(state.best, float(np.mean(run_secs)))
-                if start_trace is None:
-                    start_trace, start_hash = record.trace, replayed.shash
+                state.measured.setdefault(replayed.shash, []).extend(run_secs)
+                state.traces.setdefault(replayed.shash, record.trace)
+                state.best = min(state.best, float(np.mean(run_secs)))
             else:
                 state.failed.add(replayed.shash)
-        source = "the best record of the database"
-        if start_trace is None:
-            if not state.design_spaces:
-                state.stop_reason = "no design space and no measured record to start from"
-                return
+        return len(records)
+
+    def _start_descent(self, state: _RunState) -> None:
+        mod = self._context.mod
+        start_trace, start_hash = None, None
+        ranked = sorted(
+            (float(np.mean(samples)), shash)
+            for shash, samples in state.measured.items()
+            if shash in state.traces
+        )
+        if ranked:
+            start_hash = ranked[0][1]
+            start_trace = state.traces[start_hash]
+            source = f"the best measured schedule ({len(ranked)} known, database included)"
+        elif state.design_spaces:
             start_trace = state.design_spaces[0].trace
-            source = "the design space (no valid record in the database)"
-        space = TraceSpace(mod, start_trace, postprocs, seed)
+            source = "the design space (nothing measured yet)"
+        else:
+            state.stop_reason = "no design space and no measured schedule to start from"
+            return
+        space = TraceSpace(mod, start_trace, state.postprocs, state.replay_seed)
         state.space = space
         if not space.insts:
             state.stop_reason = "the schedule has no sampling decisions: exploration only"
@@ -464,12 +510,11 @@ class DropletSearch(PySearchStrategy):
             coordinates_at=space.coordinates_at,
         )
         self._logger.info(
-            "droplet: exploration done after %d trials (%d records of this workload and target "
-            "in the database); descent starts from %s, %s, over %d decisions",
+            "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
+            "decisions",
             state.counts.exploration,
-            len(records),
             source,
-            _fmt_secs(float(np.mean(start_samples))) if start_samples else "not yet measured",
+            _fmt_secs(state.descent_start),
             len(start),
         )
 

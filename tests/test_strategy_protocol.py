@@ -135,7 +135,20 @@ def test_descent_starts_from_database_best_and_skips_known(host_target, droplet_
     again = [h for batch in second for h, _ in batch]
     assert again, "the second run measured nothing"
     assert not known & set(again), "a module already in the database was measured again"
-    assert f"starts from the best record of the database, {best * 1e6:.2f} us" in droplet_log.text()
+    assert f"database included), {best * 1e6:.2f} us" in droplet_log.text()
+
+
+def test_resume_counts_database_records_toward_exploration(host_target, droplet_log):
+    first, database = drive(DropletSearch(exploration_trials=8), host_target, 8, 8)
+    known = {h for batch in first for h, _ in batch}
+    strategy = DropletSearch(exploration_trials=12)
+    second, _ = drive(strategy, host_target, 12, 4, database=database)
+    again = [h for batch in second for h, _ in batch]
+    assert len(again) == 12
+    assert not known & set(again), "a module already in the database was measured again"
+    text = droplet_log.text()
+    assert "resuming: 8 records of this workload and target" in text
+    assert "exploration done after 4 trials" in text
 
 
 def test_same_seed_same_trajectory(host_target):
