@@ -200,7 +200,16 @@ class DescentConfig:
     p_value: float = 0.05
     min_gain: float = 0.01
     max_step: int = 2
+    min_measurements: int = 2
     max_measurements: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_measurements <= self.max_measurements:
+            raise ValueError(
+                "DescentConfig: need 1 <= min_measurements <= max_measurements, got "
+                f"min_measurements={self.min_measurements}, "
+                f"max_measurements={self.max_measurements}"
+            )
 
 
 @dataclass(frozen=True)
@@ -373,8 +382,11 @@ class DescentCore:
     def conclude(self) -> Move | None:
         """Decide on the measurements so far: move to the best accepted neighbor, if any.
 
-        Neighbors that look faster but are not yet significant are queued for another
-        measurement (the incumbent too) until they have ``max_measurements``.
+        A neighbor is accepted only once it and the incumbent were each measured at least
+        ``min_measurements`` times (timings of one runner call are correlated: they
+        underestimate the spread between calls). Neighbors that look faster but are not yet
+        significant or not yet confirmed are queued for another measurement (the incumbent too)
+        until they have ``max_measurements``.
         """
         inc = self._obs.get(self.incumbent)
         if inc is None or not inc.samples:
@@ -388,9 +400,10 @@ class DescentCore:
             verdict = compare_samples(
                 inc.samples, obs.samples, self.config.p_value, self.config.min_gain
             )
-            if verdict.outcome is Outcome.ACCEPT:
+            confirmed = min(obs.measurements, inc.measurements) >= self.config.min_measurements
+            if verdict.outcome is Outcome.ACCEPT and confirmed:
                 accepted.append((obs.mean, vector, verdict))
-            elif verdict.outcome is Outcome.UNDECIDED and (
+            elif verdict.outcome is not Outcome.REJECT and (
                 obs.measurements < self.config.max_measurements
                 or inc.measurements < self.config.max_measurements
             ):

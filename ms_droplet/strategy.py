@@ -158,9 +158,12 @@ class DropletSearch(PySearchStrategy):
     the workload in the database (earlier runs count) and moves one decision at a time
     (tile factors, categorical indices, compute locations) to legal neighbors, accepting a move
     only when the neighbor is faster by at least ``min_gain`` and a one-sided Welch t-test
-    gives ``p <= p_value``. A neighbor that looks faster but cannot be decided yet (the default
-    runner gives one sample per measurement) is measured again, with the incumbent, up to
-    ``max_measurements`` times. The task ends when the whole neighborhood (steps
+    gives ``p <= p_value`` on the pooled timings, and only once it and the incumbent were each
+    measured at least ``min_measurements`` times (timings of one runner call are correlated and
+    understate the spread between calls). A neighbor that looks faster but is not yet decided
+    or confirmed is measured again, with the incumbent, up to ``max_measurements`` times. The
+    default runner gives one timing per measurement, so the test then needs the re-measurement
+    anyway. The task ends when the whole neighborhood (steps
     ``1..max_step``) is known without an accepted move, or when its budget is spent.
 
     Parameters
@@ -175,8 +178,11 @@ class DropletSearch(PySearchStrategy):
         Smallest relative speed-up worth testing, in [0, 1).
     max_step : int
         Largest step of the neighborhood (steps beyond 1 are the paper's speculation).
+    min_measurements : int
+        Measurements (runner calls) of both sides before a move can be accepted (>= 1).
     max_measurements : int
-        How many times one schedule may be measured to decide a contested move (>= 1).
+        How many times one schedule may be measured to decide a contested move
+        (>= ``min_measurements``).
     **evolutionary_options
         Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
         ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
@@ -190,6 +196,7 @@ class DropletSearch(PySearchStrategy):
         p_value: float = 0.05,
         min_gain: float = 0.01,
         max_step: int = 2,
+        min_measurements: int = 2,
         max_measurements: int = 3,
         **evolutionary_options,
     ) -> None:
@@ -197,19 +204,27 @@ class DropletSearch(PySearchStrategy):
         _check_number("p_value", p_value, low=0.0, high=1.0, low_open=True, high_open=True)
         _check_number("min_gain", min_gain, low=0.0, high=1.0, low_open=False, high_open=True)
         _check_int("max_step", max_step, minimum=1)
+        _check_int("min_measurements", min_measurements, minimum=1)
         _check_int("max_measurements", max_measurements, minimum=1)
+        if max_measurements < min_measurements:
+            raise ValueError(
+                f"DropletSearch: max_measurements must be >= min_measurements, got "
+                f"max_measurements={max_measurements} < min_measurements={min_measurements}; "
+                "raise max_measurements or lower min_measurements"
+            )
         unknown = sorted(set(evolutionary_options) - set(_EVOLUTIONARY_OPTIONS))
         if unknown:
             raise TypeError(
-                f"DropletSearch: unknown option(s) {unknown}; the options are exploration_trials, "
-                f"p_value, min_gain, max_step, max_measurements and the EvolutionarySearch "
-                f"options {list(_EVOLUTIONARY_OPTIONS)}"
+                f"DropletSearch: unknown option(s) {unknown}; the options are "
+                "exploration_trials, p_value, min_gain, max_step, min_measurements, "
+                f"max_measurements and the EvolutionarySearch options {list(_EVOLUTIONARY_OPTIONS)}"
             )
         self.exploration_trials = exploration_trials
         self.config = DescentConfig(
             p_value=float(p_value),
             min_gain=float(min_gain),
             max_step=int(max_step),
+            min_measurements=int(min_measurements),
             max_measurements=int(max_measurements),
         )
         self.evolutionary_options = dict(evolutionary_options)
@@ -279,12 +294,13 @@ class DropletSearch(PySearchStrategy):
         self._state = state
         self._logger.info(
             "droplet: budget %d trials, exploration %d (evolutionary search), then descent "
-            "(p_value=%s, min_gain=%s, max_step=%d, max_measurements=%d)",
+            "(p_value=%s, min_gain=%s, max_step=%d, measurements %d..%d)",
             state.max_trials,
             explore,
             self.config.p_value,
             self.config.min_gain,
             self.config.max_step,
+            self.config.min_measurements,
             self.config.max_measurements,
         )
         if explore > 0:
@@ -410,6 +426,7 @@ class DropletSearch(PySearchStrategy):
             p_value=self.config.p_value,
             min_gain=self.config.min_gain,
             max_step=self.config.max_step,
+            min_measurements=self.config.min_measurements,
             max_measurements=self.config.max_measurements,
             **self.evolutionary_options,
         )

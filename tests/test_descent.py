@@ -58,7 +58,9 @@ COORDS = [
 
 
 def test_finds_known_optimum_and_stops():
-    config = DescentConfig(p_value=0.05, min_gain=0.0, max_step=2, max_measurements=1)
+    config = DescentConfig(
+        p_value=0.05, min_gain=0.0, max_step=2, min_measurements=1, max_measurements=1
+    )
     core, measured, trajectory = run_descent(lattice_objective, ((32, 1), 0), COORDS, config)
     assert core.incumbent == ((4, 8), 2)
     assert core.finished
@@ -74,14 +76,18 @@ def test_stops_at_local_optimum():
         (_, index) = vector
         return [1.0, 2.0, 3.0, 0.5][index]  # index 0 is a local optimum for steps <= 2
 
-    config = DescentConfig(p_value=0.05, min_gain=0.0, max_step=2, max_measurements=1)
+    config = DescentConfig(
+        p_value=0.05, min_gain=0.0, max_step=2, min_measurements=1, max_measurements=1
+    )
     coords = [Coordinate(CATEGORICAL, "fixed", choices=(0,)), COORDS[1]]
     core, _, trajectory = run_descent(two_basins, (0, 0), coords, config)
     assert core.incumbent == (0, 0)
     assert trajectory == [(0, 0)]
     assert core.finished
     # With step 3 the global optimum is a neighbor.
-    config3 = DescentConfig(p_value=0.05, min_gain=0.0, max_step=3, max_measurements=1)
+    config3 = DescentConfig(
+        p_value=0.05, min_gain=0.0, max_step=3, min_measurements=1, max_measurements=1
+    )
     core3, _, _ = run_descent(two_basins, (0, 0), coords, config3)
     assert core3.incumbent == (0, 3)
 
@@ -131,7 +137,7 @@ def test_failures_are_never_accepted():
 
 
 def test_same_seed_same_trajectory_different_seed_different_order():
-    config = DescentConfig(min_gain=0.0, max_measurements=1)
+    config = DescentConfig(min_gain=0.0, min_measurements=1, max_measurements=1)
     a = run_descent(lattice_objective, ((32, 1), 0), COORDS, config, seed=7)
     b = run_descent(lattice_objective, ((32, 1), 0), COORDS, config, seed=7)
     assert a[2] == b[2] and a[1] == b[1]
@@ -153,7 +159,7 @@ def test_step_one_before_speculation():
 
 
 def test_continuation_of_accepted_move_comes_first():
-    config = DescentConfig(min_gain=0.0, max_step=1, max_measurements=1)
+    config = DescentConfig(min_gain=0.0, max_step=1, min_measurements=1, max_measurements=1)
     core = DescentCore(((32, 1), 0), [2.0, 2.0], COORDS, config, np.random.default_rng(0))
     for p in core.propose(10):
         core.observe(p.vector, [1.0, 1.0] if p.vector == ((16, 2), 0) else [3.0, 3.0])
@@ -199,3 +205,24 @@ def test_compare_samples(inc, cand, outcome):
 def test_coordinate_rejects_unknown_kind():
     with pytest.raises(ValueError, match="Coordinate.kind must be one of"):
         Coordinate("SampleInt", "x")
+
+
+def test_one_runner_call_is_not_enough_to_move():
+    # Three tight timings from one call look significant; the move waits for a second call.
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1)
+    core = DescentCore(((32, 1), 0), [1.0, 1.001, 0.999], COORDS, config, np.random.default_rng(0))
+    for p in core.propose(10):
+        faster = p.vector == ((16, 2), 0)
+        core.observe(p.vector, [0.9, 0.901, 0.899] if faster else [1.2, 1.2, 1.2])
+    assert core.conclude() is None
+    again = {(p.vector, p.remeasure) for p in core.propose(10)}
+    assert {(((32, 1), 0), True), (((16, 2), 0), True)} <= again
+    core.observe(((32, 1), 0), [1.0, 1.0, 1.0])
+    core.observe(((16, 2), 0), [0.9, 0.9, 0.9])
+    assert core.conclude() is not None
+    assert core.incumbent == ((16, 2), 0)
+
+
+def test_config_checks_measurement_bounds():
+    with pytest.raises(ValueError, match="min_measurements <= max_measurements"):
+        DescentConfig(min_measurements=3, max_measurements=2)
