@@ -1,0 +1,473 @@
+#!/usr/bin/env python3
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Droplet vs evolutionary search on te_workload kernels, measured side by side.
+
+Follows ``shared/docs/benchmark-protocol.md``: every strategy and budget is its own tuning run
+in its own ``work_dir`` with the same seeds; tuning wall time is clocked; afterwards the best
+schedule of every run is built and timed in one process, interleaved (A B C A B C ...), with
+one evaluator setting; every winner is checked against a reference (numpy for matmuls, the
+untuned TVM build otherwise) before its time counts.
+
+Runs per kernel and seed: ``droplet@T``, ``evolutionary@T``, ``evolutionary@4T`` (and
+``evolutionary@8T`` with ``--with-8x``), and ``postopt@T`` (``tune_tir(post_optimization=True)``,
+TVM's own droplet post-pass; skip it with ``--no-postopt``).
+
+Examples::
+
+    python scripts/bench_kernels.py --smoke
+    python scripts/bench_kernels.py --kernels GMM:1,C2D:1 --seeds 1,2,3 --trials 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+DEFAULT_KERNELS = "GMM:1,C2D:1,DEP:1,NRM:1,SFM:1,CBR:1"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", default=DEFAULT_KERNELS, help="NAME:INDEX list")
+    parser.add_argument("--seeds", default="1,2,3", help="comma-separated seeds")
+    parser.add_argument("--trials", type=int, default=64, help="the budget T")
+    parser.add_argument("--trials-per-iter", type=int, default=16)
+    parser.add_argument("--with-8x", action="store_true", help="also run evolutionary@8T")
+    parser.add_argument("--no-postopt", action="store_true", help="skip the upstream post-pass")
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    parser.add_argument("--out", default="bench_out", help="output folder")
+    parser.add_argument(
+        "--smoke", action="store_true", help="one kernel, tiny budgets (for CI): ~2 minutes"
+    )
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 8, 4
+        args.no_postopt, args.rounds = True, 3
+    return args
+
+
+def runs_for(trials: int, with_8x: bool, postopt: bool):
+    """(label, strategy, budget, post_optimization) of one kernel and seed."""
+    runs = [
+        ("droplet@T", "droplet", trials, False),
+        ("evolutionary@T", "evolutionary", trials, False),
+        ("evolutionary@4T", "evolutionary", 4 * trials, False),
+    ]
+    if with_8x:
+        runs.append(("evolutionary@8T", "evolutionary", 8 * trials, False))
+    if postopt:
+        runs.append(("postopt@T", "evolutionary", trials, True))
+    return runs
+
+
+class Curve:
+    """Best-so-far latency against trials and seconds, fed by a measure callback."""
+
+    def __init__(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        self.start = time.perf_counter()
+        self.points: list[tuple[int, float, float]] = []
+        self.trials = 0
+        self.best = math.inf
+        outer = self
+
+        @derived_object
+        class _Callback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
+                for result in results:
+                    if result.error_msg is None and result.run_secs:
+                        secs = [float(x) for x in result.run_secs]
+                        if max(secs) < 1e9:
+                            outer.best = min(outer.best, sum(secs) / len(secs))
+                outer.trials += len(measure_candidates)
+                outer.points.append(
+                    (outer.trials, time.perf_counter() - outer.start, outer.best * 1e6)
+                )
+
+        self.callback = _Callback()
+
+
+def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, postopt):
+    """One real tuning run; returns the database, wall seconds, curve, profile, reports."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from ms_droplet import DropletSearch
+    from ms_droplet.builder import FastBuilder
+    from ms_droplet.cli import default_evaluator_config
+
+    curve = Curve()
+    strat = DropletSearch() if strategy == "droplet" else strategy
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [curve.callback]
+    builder = FastBuilder()
+    start = time.perf_counter()
+    with ms.Profiler() as profiler:
+        database = ms.tune_tir(
+            mod,
+            target,
+            work_dir,
+            max_trials_global=budget,
+            num_trials_per_iter=per_iter,
+            strategy=strat,
+            builder=builder,
+            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
+            measure_callbacks=callbacks,
+            seed=seed,
+            post_optimization=postopt,
+        )
+    wall = time.perf_counter() - start
+    builder.shutdown()
+    reports = [r.__dict__ for r in getattr(strat, "reports", [])] if strategy == "droplet" else []
+    profile = {k: float(v) for k, v in profiler.get().items()}
+    return database, wall, curve, profile, reports
+
+
+def random_args(func, rng):
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    arrays = []
+    for info in ArgInfo.from_prim_func(func):
+        shape = [int(x) for x in info.shape]
+        dtype = str(info.dtype)
+        if "int" in dtype:
+            arrays.append(rng.integers(-4, 4, size=shape).astype(dtype))
+        else:
+            arrays.append(rng.uniform(-1, 1, size=shape).astype(dtype))
+    return arrays
+
+
+def reference_output(name, mod, target, inputs):
+    """The expected output: numpy for batch matmul, the untuned TVM build otherwise."""
+    import tvm
+
+    if name == "GMM":
+        return inputs[0] @ inputs[1], "numpy"
+    lib = tvm.compile(mod, target=target)
+    dev = tvm.cpu()
+    args = [tvm.runtime.tensor(a, dev) for a in inputs]
+    lib(*args)
+    return args[-1].numpy(), "untuned TVM build"
+
+
+def remeasure(entries, target, rounds, inputs, expected):
+    """Build each entry's best schedule; check it; time all interleaved. Fills entry fields."""
+    import tvm
+
+    dev = tvm.cpu()
+    timers = []
+    for entry in entries:
+        sch = entry.pop("_sch")
+        entry["correct"] = None
+        if sch is None:
+            timers.append(None)
+            continue
+        lib = tvm.compile(sch.mod, target=target)
+        args = [tvm.runtime.tensor(a, dev) for a in inputs]
+        args[-1] = tvm.runtime.tensor(np.zeros_like(inputs[-1]), dev)
+        lib(*args)
+        entry["correct"] = bool(
+            np.allclose(args[-1].numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+        )
+        timers.append(
+            (lib.jit().time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=50), args)
+        )
+    samples: list[list[float]] = [[] for _ in entries]
+    for _ in range(rounds):
+        for i, timer in enumerate(timers):
+            if timer is not None:
+                func, args = timer
+                samples[i].append(func(*args).mean)
+    for entry, times in zip(entries, samples):
+        if times:
+            entry["median_us"] = statistics.median(times) * 1e6
+            q = np.percentile(times, [25, 75])
+            entry["iqr_us"] = float(q[1] - q[0]) * 1e6
+            entry["remeasured_us"] = [t * 1e6 for t in times]
+        else:
+            entry["median_us"] = None
+
+
+def numpy_ceiling(name, inputs, rounds):
+    """numpy's time for the matmul (OpenBLAS), with OPENBLAS_CORETYPE unset in a subprocess."""
+    if name != "GMM":
+        return None
+    import subprocess
+
+    x, y = inputs[0], inputs[1]
+    # One 2-D product per batch: numpy's stacked matmul does not always reach BLAS.
+    code = (
+        "import numpy as np, time, statistics\n"
+        f"x = np.random.rand(*{list(x.shape)}).astype('float32')\n"
+        f"y = np.random.rand(*{list(y.shape)}).astype('float32')\n"
+        "ts = []\n"
+        f"for _ in range({rounds}):\n"
+        "    t = time.perf_counter(); n = 0\n"
+        "    while time.perf_counter() - t < 0.05:\n"
+        "        [np.dot(a, b) for a, b in zip(x, y)]; n += 1\n"
+        "    ts.append((time.perf_counter() - t) / n)\n"
+        "print(statistics.median(ts) * 1e6)\n"
+    )
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    }
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    return float(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def setup_record(args, target):
+    import psutil
+    import tvm
+    import tvm_ffi
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    from ms_droplet.cli import default_evaluator_config
+
+    evaluator = default_evaluator_config()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tvm": tvm.__version__,
+        "tvm_ffi": getattr(tvm_ffi, "__version__", "?"),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cores": {
+            "physical": psutil.cpu_count(logical=False),
+            "logical": psutil.cpu_count(logical=True),
+        },
+        "target": str(target),
+        "evaluator_config": {
+            "number": evaluator.number,
+            "repeat": evaluator.repeat,
+            "min_repeat_ms": evaluator.min_repeat_ms,
+        },
+        "builder": "ms_droplet.builder.FastBuilder",
+        "budget_T": args.trials,
+        "trials_per_iter": args.trials_per_iter,
+        "seeds": [int(s) for s in args.seeds.split(",")],
+        "kernels": args.kernels.split(","),
+        "rounds": args.rounds,
+    }
+
+
+def summarize(results):
+    """Geometric means of latency ratios (baseline / droplet, > 1: droplet faster) per baseline."""
+    from scipy.stats import gmean
+
+    by_key: dict[tuple[str, int], dict[str, dict]] = {}
+    for r in results:
+        by_key.setdefault((r["kernel"], r["seed"]), {})[r["run"]] = r
+    out = {}
+    for baseline in ("evolutionary@T", "evolutionary@4T", "evolutionary@8T", "postopt@T"):
+        ratios, wall, wins, ties, losses = [], [], 0, 0, 0
+        for runs in by_key.values():
+            d, b = runs.get("droplet@T"), runs.get(baseline)
+            if not d or not b or not d.get("median_us") or not b.get("median_us"):
+                continue
+            if not d["correct"] or not b["correct"]:
+                continue
+            ratio = b["median_us"] / d["median_us"]
+            ratios.append(ratio)
+            wall.append(d["tuning_s"] / b["tuning_s"])
+            spread = (d["iqr_us"] + b["iqr_us"]) / 2
+            if abs(b["median_us"] - d["median_us"]) <= spread:
+                ties += 1
+            elif ratio > 1:
+                wins += 1
+            else:
+                losses += 1
+        if ratios:
+            out[baseline] = {
+                "geomean_speedup_of_droplet": float(gmean(ratios)),
+                "min_speedup": float(min(ratios)),
+                "wins": wins,
+                "ties": ties,
+                "losses": losses,
+                "geomean_tuning_time_ratio": float(gmean(wall)),
+                "pairs": len(ratios),
+            }
+    return out
+
+
+def markdown(setup, results, summary):
+    lines = [
+        "# Kernel benchmark: droplet vs evolutionary search",
+        "",
+        f"{setup['date']}, TVM {setup['tvm']} (ffi {setup['tvm_ffi']}), {setup['cpu']}, "
+        f"{setup['cores']['physical']} physical cores, target `{setup['target']}`, "
+        f"evaluator {setup['evaluator_config']}, T={setup['budget_T']}, "
+        f"{setup['trials_per_iter']} trials a batch, seeds {setup['seeds']}, "
+        f"{setup['rounds']} interleaved timing rounds.",
+        "",
+        "| kernel | seed | run | trials used | tuning s | median us | IQR us | GFLOPS | "
+        "ratio to droplet | correct |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    droplet = {(r["kernel"], r["seed"]): r for r in results if r["run"] == "droplet@T"}
+    for r in results:
+        d = droplet.get((r["kernel"], r["seed"]))
+        med = r.get("median_us")
+        ratio = med / d["median_us"] if med and d and d.get("median_us") else None
+        gflops = r["flop"] / (med * 1e-6) / 1e9 if med else None
+        lines.append(
+            f"| {r['kernel']} | {r['seed']} | {r['run']} | {r['trials_used']} | "
+            f"{r['tuning_s']:.1f} | {med:.2f} | {r['iqr_us']:.2f} | {gflops:.1f} | "
+            f"{ratio:.3f} | {r['correct']} |"
+            if med
+            else f"| {r['kernel']} | {r['seed']} | {r['run']} | {r['trials_used']} | "
+            f"{r['tuning_s']:.1f} | - | - | - | - | {r['correct']} |"
+        )
+    lines += [
+        "",
+        "| baseline | geomean speed-up of droplet@T | min | win/tie/loss | "
+        "tuning time droplet/baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for baseline, s in summary.items():
+        lines.append(
+            f"| {baseline} | {s['geomean_speedup_of_droplet']:.3f} | {s['min_speedup']:.3f} | "
+            f"{s['wins']}/{s['ties']}/{s['losses']} | {s['geomean_tuning_time_ratio']:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is missing: pip install 'ms-droplet[plot]' to get the plot")
+        return False
+    kernels = sorted({r["kernel"] for r in results})
+    fig, axes = plt.subplots(len(kernels), 2, figsize=(11, 3.2 * len(kernels)), squeeze=False)
+    for row, kernel in zip(axes, kernels):
+        for r in results:
+            if r["kernel"] != kernel or not r["curve"]:
+                continue
+            trials, secs, best = zip(*r["curve"])
+            label = f"{r['run']} s{r['seed']}"
+            row[0].step(trials, best, where="post", label=label)
+            row[1].step(secs, best, where="post", label=label)
+        row[0].set(title=f"{kernel}: best so far", xlabel="trials", ylabel="latency (us)")
+        row[1].set(title=f"{kernel}: best so far", xlabel="tuning seconds", ylabel="latency (us)")
+        row[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
+
+    from ms_droplet.target import host_target
+
+    import logging
+
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    target = host_target()
+    setup = setup_record(args, target)
+    os.makedirs(args.out, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="bench_kernels_")
+    results = []
+    ceilings = {}
+    try:
+        for kernel in args.kernels.split(","):
+            name, index = kernel.split(":")
+            mod = _normalize_mod(create_te_workload(name, int(index)))
+            flop = float(estimate_tir_flops(mod))
+            inputs = random_args(mod["main"], np.random.default_rng(0))
+            expected, reference = reference_output(name, mod, target, inputs)
+            for seed in setup["seeds"]:
+                entries = []
+                for label, strategy, budget, postopt in runs_for(
+                    args.trials, args.with_8x, not args.no_postopt
+                ):
+                    work_dir = os.path.join(scratch, f"{name}_{index}_{seed}_{label}")
+                    print(f"[{kernel} seed {seed}] {label} ({budget} trials) ...", flush=True)
+                    database, wall, curve, profile, reports = tune_one(
+                        mod, target, work_dir, strategy, budget, args.trials_per_iter, seed, postopt
+                    )
+                    sch = ms.tir_integration.compile_tir(database, mod, target)
+                    entries.append(
+                        {
+                            "kernel": kernel,
+                            "seed": seed,
+                            "run": label,
+                            "budget": budget,
+                            "trials_used": curve.trials,
+                            "tuning_s": wall,
+                            "profile_s": profile,
+                            "droplet_reports": reports,
+                            "flop": flop,
+                            "reference": reference,
+                            "curve": curve.points,
+                            "_sch": sch,
+                        }
+                    )
+                remeasure(entries, target, args.rounds, inputs, expected)
+                results.extend(entries)
+                for e in entries:
+                    print(
+                        f"    {e['run']:16s} {e.get('median_us') or float('nan'):9.2f} us  "
+                        f"tuning {e['tuning_s']:7.1f} s  correct={e['correct']}",
+                        flush=True,
+                    )
+            ceilings[kernel] = numpy_ceiling(name, inputs, args.rounds)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = summarize(results)
+    doc = {"setup": setup, "numpy_ceiling_us": ceilings, "results": results, "summary": summary}
+    stem = os.path.join(args.out, "smoke" if args.smoke else "kernels")
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(markdown(setup, results, summary))
+        for kernel, ceiling in ceilings.items():
+            if ceiling:
+                f.write(f"\nnumpy (OpenBLAS, OPENBLAS_CORETYPE unset) {kernel}: {ceiling:.2f} us\n")
+    plot(results, stem + ".png")
+    print(open(stem + ".md", encoding="utf-8").read())
+    bad = [r for r in results if r["correct"] is False]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
