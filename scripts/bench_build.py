@@ -41,6 +41,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -117,61 +118,90 @@ def make_candidates(mod, target, count: int, seed: int) -> list[tvm.IRModule]:
     return mods
 
 
+def remove_artifacts(results) -> None:
+    for result in results:
+        if result.artifact_path:  # each artifact has its own temporary directory
+            shutil.rmtree(os.path.dirname(result.artifact_path), ignore_errors=True)
+
+
 def timed_build(builder, inputs) -> tuple[float, int]:
     start = time.perf_counter()
     results = builder.build(inputs)
     elapsed = time.perf_counter() - start
+    remove_artifacts(results)
     return elapsed, sum(result.error_msg is not None for result in results)
 
 
 def bench_build_phase(inputs, args) -> dict:
-    out: dict = {"candidates": len(inputs)}
-    print(f"(a) build phase: {len(inputs)} candidates", flush=True)
+    sizes = sorted({len(inputs), *(n for n in args.small_batches if 0 < n < len(inputs))})
+    out: dict = {"candidates": len(inputs), "batch_sizes": sizes}
+    print(f"(a) build phase: batches of {sizes} candidates", flush=True)
     builder = FastBuilder(max_workers=args.max_workers, timeout_sec=args.timeout)
-    cold, cold_failed = timed_build(builder, inputs)
-    warm = []
+    cold, failed = timed_build(builder, inputs)
+    warm: dict[int, list[float]] = {n: [] for n in sizes}
     for _ in range(args.warm_batches):
-        elapsed, failed = timed_build(builder, inputs)
-        warm.append(elapsed)
-        cold_failed += failed
+        for n in sizes:
+            elapsed, batch_failed = timed_build(builder, inputs[:n])
+            warm[n].append(elapsed)
+            failed += batch_failed
     rss = []
     for pid in builder.worker_pids():
         try:
             rss.append(round(psutil.Process(pid).memory_info().rss / 2**20, 1))
         except psutil.Error:
             pass
+    workers = builder.max_workers
     out["fast"] = {
-        "max_workers": builder.max_workers,
+        "max_workers": workers,
+        "timeout_sec": args.timeout,
         "cold_batch_s": round(cold, 3),
-        "warm_batch_s": [round(x, 3) for x in warm],
-        "warm_batch_median_s": round(statistics.median(warm), 3),
-        "failed": cold_failed,
+        "failed": failed,
         "worker_rss_mb": rss,
         "stats": builder.stats(),
     }
     builder.shutdown()
-    print(f"    FastBuilder cold {cold:.2f} s, warm {statistics.median(warm):.2f} s", flush=True)
+    print(f"    FastBuilder first batch of {len(inputs)}: {cold:.2f} s", flush=True)
 
-    local = ms.builder.LocalBuilder(max_workers=args.local_workers, timeout_sec=args.timeout)
-    elapsed, failed = timed_build(local, inputs)
-    out["local"] = {
-        "max_workers": local.max_workers,
-        "timeout_sec": args.timeout,
-        "batch_s": round(elapsed, 3),
-        "failed": failed,
-    }
-    print(f"    LocalBuilder {elapsed:.2f} s ({failed} failed)", flush=True)
+    local_workers = None
+    rows = []
+    for n in sizes:
+        local = ms.builder.LocalBuilder(max_workers=args.local_workers, timeout_sec=args.timeout)
+        local_workers = local.max_workers
+        local_s, local_failed = timed_build(local, inputs[:n])
+        fast_s = statistics.median(warm[n])
+        rows.append(
+            {
+                "candidates": n,
+                "fast_warm_s": [round(x, 3) for x in warm[n]],
+                "fast_warm_median_s": round(fast_s, 3),
+                "fast_core_s_per_candidate": round(fast_s * workers / n, 4),
+                "local_s": round(local_s, 3),
+                "local_failed": local_failed,
+                "ratio": round(local_s / fast_s, 2),
+            }
+        )
+        print(
+            f"    {n} candidates: FastBuilder warm {fast_s:.2f} s, LocalBuilder {local_s:.2f} s "
+            f"({local_failed} failed): {local_s / fast_s:.1f}x",
+            flush=True,
+        )
+    out["local"] = {"max_workers": local_workers, "timeout_sec": args.timeout}
+    out["batches"] = rows
+    full = rows[-1]
+    out["ratio_vs_warm"] = full["ratio"]
+    out["ratio_vs_cold"] = round(full["local_s"] / cold, 2)
     if args.local_default_timeout:
         local = ms.builder.LocalBuilder(max_workers=args.local_workers)
-        elapsed, failed = timed_build(local, inputs)
+        elapsed, local_failed = timed_build(local, inputs)
         out["local_default_timeout"] = {
             "timeout_sec": local.timeout_sec,
             "batch_s": round(elapsed, 3),
-            "failed": failed,
+            "failed": local_failed,
         }
-        print(f"    LocalBuilder (timeout 30 s) {elapsed:.2f} s ({failed} failed)", flush=True)
-    out["ratio_vs_warm"] = round(out["local"]["batch_s"] / out["fast"]["warm_batch_median_s"], 2)
-    out["ratio_vs_cold"] = round(out["local"]["batch_s"] / out["fast"]["cold_batch_s"], 2)
+        print(
+            f"    LocalBuilder, default 30 s timeout: {elapsed:.2f} s ({local_failed} failed)",
+            flush=True,
+        )
     return out
 
 
@@ -184,6 +214,8 @@ def _records(database) -> list[tuple[str, float | None]]:
 
 
 def tune_once(mod, target, builder, args, cost_model=None) -> tuple[float, list]:
+    if not args.verbose:  # tune_tir's logging.config resets the level every time
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory(prefix="bench_build_") as work_dir:
         start = time.perf_counter()
         database = ms.tune_tir(
@@ -196,6 +228,9 @@ def tune_once(mod, target, builder, args, cost_model=None) -> tuple[float, list]
             cost_model=cost_model or args.cost_model,
             strategy="replay-trace",
             seed=args.seed,
+            # One search thread: ReplayTrace hands out per-thread random states dynamically,
+            # so with several threads the same seed does not give the same trials.
+            num_tuning_cores=1,
         )
         elapsed = time.perf_counter() - start
         return elapsed, _records(database)
@@ -269,6 +304,7 @@ def bench_runner(artifacts, args) -> dict:
         between = [_cv([float(np.mean(s)) for s in kernel]) for kernel in samples]
         within = [_cv(s) for kernel in samples for s in kernel] if repeat >= 2 else []
         first = [_cv([s[0] for s in kernel]) for kernel in samples]
+        false_alarm = _false_alarm_rate(samples) if repeat >= 2 else None
         row = {
             "number": number,
             "repeat": repeat,
@@ -278,6 +314,7 @@ def bench_runner(artifacts, args) -> dict:
             "cv_between_runs_max": _round(max((x for x in between if x is not None), default=None)),
             "cv_single_sample_median": _round(_median(first)),
             "cv_within_run_median": _round(_median(within)) if within else None,
+            "welch_false_alarm_p05": _round(false_alarm, 3),
             "kernel_median_us": [
                 round(float(np.median([np.mean(s) for s in kernel])) * 1e6, 1) if kernel else None
                 for kernel in samples
@@ -292,6 +329,21 @@ def bench_runner(artifacts, args) -> dict:
         )
         del runner
     return {"kernels": len(artifacts), "runs_per_kernel": args.runner_repeats, "configs": rows}
+
+
+def _false_alarm_rate(samples) -> float | None:
+    """How often Welch's t-test (p < 0.05) calls two runner calls of one kernel different."""
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+
+    tests = alarms = 0
+    for kernel in samples:
+        for i, first in enumerate(kernel):
+            for second in kernel[i + 1 :]:
+                if np.std(first) == 0 and np.std(second) == 0:
+                    continue
+                tests += 1
+                alarms += stats.ttest_ind(first, second, equal_var=False).pvalue < 0.05
+    return alarms / tests if tests else None
 
 
 def _median(values):
@@ -318,29 +370,35 @@ def write_markdown(result: dict, path: str) -> None:
         f"{setup['physical_cores']} physical / {setup['logical_cores']} logical cores, "
         f"workload `{setup['workload']}`, target `{setup['target']}`.",
         "",
-        f"## (a) Build phase, one batch of {build['candidates']} candidates",
+        "## (a) Build phase",
         "",
-        "| builder | workers | batch wall time (s) | failed |",
-        "|---|---|---|---|",
-        f"| LocalBuilder (timeout {build['local']['timeout_sec']} s) | "
-        f"{build['local']['max_workers']} | {build['local']['batch_s']} | "
-        f"{build['local']['failed']} |",
+        f"Random postprocessed candidates of `{setup['workload']}`. LocalBuilder: "
+        f"{build['local']['max_workers']} workers, timeout {build['local']['timeout_sec']} s "
+        f"(a fresh pool per batch). FastBuilder: {build['fast']['max_workers']} workers, "
+        "warm batches (median).",
+        "",
+        "| candidates | LocalBuilder (s) | FastBuilder warm (s) | speed-up | "
+        "FastBuilder core-s / candidate |",
+        "|---|---|---|---|---|",
+    ]
+    for row in build["batches"]:
+        lines.append(
+            f"| {row['candidates']} | {row['local_s']} | {row['fast_warm_median_s']} | "
+            f"**{row['ratio']}x** | {row['fast_core_s_per_candidate']} |"
+        )
+    lines += [
+        "",
+        f"FastBuilder's first batch of {build['candidates']} (starting its workers): "
+        f"{build['fast']['cold_batch_s']} s ({build['ratio_vs_cold']}x). Worker RSS after "
+        f"{build['fast']['stats'].get('builds')} builds: {build['fast']['worker_rss_mb']} MiB.",
     ]
     if "local_default_timeout" in build:
         row = build["local_default_timeout"]
         lines.append(
-            f"| LocalBuilder (default timeout {row['timeout_sec']} s) | "
-            f"{build['local']['max_workers']} | {row['batch_s']} | {row['failed']} |"
+            f"LocalBuilder with its default {row['timeout_sec']} s timeout: {row['batch_s']} s, "
+            f"{row['failed']} of {build['candidates']} failed."
         )
-    fast = build["fast"]
     lines += [
-        f"| FastBuilder, first batch (starts workers) | {fast['max_workers']} | "
-        f"{fast['cold_batch_s']} | {fast['failed']} |",
-        f"| FastBuilder, warm batch (median of {len(fast['warm_batch_s'])}) | "
-        f"{fast['max_workers']} | {fast['warm_batch_median_s']} | |",
-        "",
-        f"Speed-up: **{build['ratio_vs_warm']}x** per warm batch, "
-        f"{build['ratio_vs_cold']}x for the first batch.",
         "",
         f"## (b) Tuning wall time, {tune['trials']} trials ({tune['trials_per_iter']} a batch, "
         f"{tune['strategy']}, cost model {tune.get('cost_model')}, seed {tune['seed']})",
@@ -368,21 +426,28 @@ def write_markdown(result: dict, path: str) -> None:
         f"{runner['runs_per_kernel']} runs each)",
         "",
         "| number | repeat | min_repeat_ms | s / candidate | CV between runs (median / max) "
-        "| CV of one sample | CV within a run |",
-        "|---|---|---|---|---|---|---|",
+        "| CV of one sample | CV within a run | Welch false alarms (p<0.05) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+
+    def _cell(value):
+        return "-" if value is None else value
+
     for row in runner["configs"]:
         lines.append(
             f"| {row['number']} | {row['repeat']} | {row['min_repeat_ms']} | "
             f"{row['s_per_candidate']} | {row['cv_between_runs_median']} / "
             f"{row['cv_between_runs_max']} | {row['cv_single_sample_median']} | "
-            f"{row['cv_within_run_median'] if row['cv_within_run_median'] is not None else '-'} |"
+            f"{_cell(row['cv_within_run_median'])} | {_cell(row.get('welch_false_alarm_p05'))} |"
         )
     lines += [
         "",
         "CV between runs: coefficient of variation of a kernel's mean time over repeated runner "
         "calls. CV of one sample: the same, using only the first timing of each call. CV within "
-        "a run: spread of the `repeat` timings of one call (what a t-test on one call sees).",
+        "a run: spread of the `repeat` timings of one call (what a t-test on one call sees). "
+        "Welch false alarms: share of pairs of calls on the *same* kernel that Welch's t-test "
+        "(p < 0.05) on their `repeat` timings calls different (5 % if calls were independent "
+        "samples of one distribution).",
         "",
     ]
     with open(path, "w", encoding="utf-8") as out:
@@ -394,11 +459,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, finishes in < 1 min")
     parser.add_argument("--workload", default="GMM:1", help="te_workload NAME:INDEX")
     parser.add_argument("--candidates", type=int, default=64)
+    parser.add_argument(
+        "--small-batches",
+        type=lambda text: [int(x) for x in text.split(",") if x],
+        default=[16],
+        help="also time these smaller batch sizes (comma-separated)",
+    )
     parser.add_argument("--warm-batches", type=int, default=2)
     parser.add_argument("--trials", type=int, default=64)
     parser.add_argument("--trials-per-iter", type=int, default=16)
-    parser.add_argument("--runner-kernels", type=int, default=4)
-    parser.add_argument("--runner-repeats", type=int, default=8)
+    parser.add_argument("--runner-kernels", type=int, default=6)
+    parser.add_argument("--runner-repeats", type=int, default=10)
     parser.add_argument("--max-workers", type=int, default=None, help="FastBuilder workers")
     parser.add_argument(
         "--local-workers", type=int, default=None, help="LocalBuilder workers (its default)"
@@ -426,6 +497,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.candidates = min(args.candidates, 6)
+        args.small_batches = []
         args.warm_batches = 1
         args.trials = min(args.trials, 4)
         args.trials_per_iter = min(args.trials_per_iter, 4)
@@ -491,6 +563,7 @@ def main(argv=None) -> int:
         if res.error_msg is None
     ]
     result["runner"] = bench_runner(artifacts, args)
+    remove_artifacts(built)
     setup["total_s"] = round(time.perf_counter() - started, 1)
     print(f"total {setup['total_s']} s", flush=True)
 

@@ -390,16 +390,15 @@ def plot(results, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    import logging
+
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
     from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
     from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 
     from ms_droplet.target import host_target
-
-    import logging
-
-    import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = host_target()
