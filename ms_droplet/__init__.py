@@ -27,17 +27,33 @@ from typing import TYPE_CHECKING
 from .registration import STRATEGY_NAME, register
 
 __version__ = "0.1.0.dev0"
-__all__ = ["DropletSearch", "STRATEGY_NAME", "default_exploration_trials", "register"]
+__all__ = [
+    "DropletReport",
+    "DropletSearch",
+    "FastBuilder",
+    "STRATEGY_NAME",
+    "default_exploration_trials",
+    "register",
+]
 
 if TYPE_CHECKING:
-    from .strategy import DropletSearch, default_exploration_trials
+    from .builder import FastBuilder
+    from .strategy import DropletReport, DropletSearch, default_exploration_trials
+
+_LAZY = {
+    "DropletReport": "strategy",
+    "DropletSearch": "strategy",
+    "default_exploration_trials": "strategy",
+    "FastBuilder": "builder",
+}
 
 
 def __getattr__(name: str):
-    if name in ("DropletSearch", "default_exploration_trials"):
-        from . import strategy  # pylint: disable=import-outside-toplevel
+    # Lazy: `import tvm` runs our entry point in every process, builder workers included.
+    if name in _LAZY:
+        import importlib  # pylint: disable=import-outside-toplevel
 
-        return getattr(strategy, name)
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'ms_droplet' has no attribute {name!r}")
 
 

@@ -27,10 +27,11 @@ in a fresh temporary directory), so every runner loads them unchanged.
 Why it is faster
 ----------------
 ``LocalBuilder`` starts a new ``PopenPoolExecutor`` for every batch, and its default build
-function imports ``tvm.s_tir.tensor_intrin`` in every new worker (about 12 s on 2 cores, most
-of it the CUDA intrinsics), while compiling a small CPU kernel takes about 0.04 s. FastBuilder
-starts its workers once (lazily, on the first batch), reuses them across batches, and does not
-import the tensor intrinsics unless a build needs them.
+function imports ``tvm.s_tir.tensor_intrin`` in every new worker (12-17 s on 2 cores, counted in
+the first candidate's 30 s timeout, which it sometimes exceeds when two workers import at once),
+while building and exporting a small CPU kernel takes 0.1-0.2 s. FastBuilder starts its workers
+once (lazily, on the first batch), reuses them across batches, and does not import the tensor
+intrinsics unless a build needs them.
 
 Tensor intrinsics at build time (TVM 0.27, verified)
 ----------------------------------------------------
@@ -53,7 +54,9 @@ Tensor intrinsics at build time (TVM 0.27, verified)
   ``mma_fill_16x16_f32`` and ``mma_store_16x16_f32_global_`` fails to build without the import
   (``Check failed: (index_map_func.has_value()) is false``) and builds with it.
 
-So CPU builds never need the intrinsics, and CUDA tensor-core (``mma``) builds do. By default
+So no CPU build needs them (the compiler's only consumers are CUDA ones), and CUDA tensor-core
+(``mma``) builds do. The tuning process itself still imports them once: ``TuneContext``'s
+constructor does, so the schedule rules and ``tensorize`` find them. By default
 (``tensor_intrin="lazy"``) a worker imports ``tvm.s_tir.tensor_intrin`` only when the module
 mentions one of the compiler's consumers (``tirx.mma_store*`` calls or an ``m16n8k8.*`` buffer
 scope), or when a build fails with a message about a missing registration, and then builds that
@@ -121,9 +124,7 @@ _TENSOR_INTRIN_MODULE = "tvm.s_tir.tensor_intrin"
 # function that only ``tvm.s_tir.tensor_intrin`` registers (see the module docstring).
 _INTRIN_MARKERS = ("tirx.mma_store", "m16n8k8.matrix")
 # Error messages of a lookup that failed because something was not registered.
-_MISSING_REGISTRATION = re.compile(
-    r"has_value\(\)|not registered|global function|TensorIntrin", re.IGNORECASE
-)
+_MISSING_REGISTRATION = re.compile(r"has_value\(\)|not registered|global function", re.IGNORECASE)
 _NEEDS_INTRIN = "needs_tensor_intrin"
 _ARTIFACT = "artifact"
 
@@ -199,7 +200,8 @@ def _build_candidate(
     if f_build is not None or not lazy_intrin or _tensor_intrin_loaded():
         rt_mod = _resolve(f_build, default_build)(mod, target, param_dict)
         return _ARTIFACT, export(rt_mod)
-    if _mentions_intrin_consumer(mod):
+    # Only CUDA code generation looks the registrations up: skip serializing other modules.
+    if target.kind.name == "cuda" and _mentions_intrin_consumer(mod):
         return _NEEDS_INTRIN, "the module uses a tensor-core intrinsic"
     try:
         rt_mod = default_build(mod, target, param_dict)
@@ -313,20 +315,19 @@ class _Worker:
 
     def kill(self) -> int | None:
         """Kill the worker and everything it started; return its exit code."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        if self.proc.poll() is None:
+        # Until it is reaped, its pid names its process group (a zombie's pid is not reused):
+        # kill the whole group, even if the worker already died, since its children may live on.
+        if self.proc.returncode is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 self.proc.kill()
-        else:  # it died by itself: its children may live on in its process group
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-        return self.proc.wait()
+        code = self.proc.wait()
+        # Close after the kill, so that a thread waiting on the pipe sees the end of input.
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        return code
 
     def close(self, grace_sec: float = 2.0) -> None:
         """Let an idle worker exit by itself (end of input), kill it if it does not."""

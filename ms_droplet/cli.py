@@ -118,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STRATEGIES,
         help="search strategy (default droplet; the others are MetaSchedule's, for comparison)",
     )
+    tune.add_argument(
+        "--builder",
+        default="fast",
+        choices=("fast", "local"),
+        help="fast: ms_droplet.FastBuilder, warm workers (default); local: MetaSchedule's "
+        "LocalBuilder, new workers every batch",
+    )
     tune.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     tune.add_argument(
         "--work-dir",
@@ -202,6 +209,7 @@ def tune(args: argparse.Namespace) -> TuneResult:
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    from .builder import FastBuilder
     from .strategy import DropletSearch
     from .target import parse_target
 
@@ -223,6 +231,7 @@ def tune(args: argparse.Namespace) -> TuneResult:
     os.makedirs(args.work_dir, exist_ok=True)
     progress = _Progress(args.trials, enabled=not args.no_progress)
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress.callback]
+    builder = FastBuilder() if args.builder == "fast" else "local"
     start = time.perf_counter()
     try:
         database = ms.tune_tir(
@@ -232,12 +241,15 @@ def tune(args: argparse.Namespace) -> TuneResult:
             max_trials_global=args.trials,
             num_trials_per_iter=args.num_trials_per_iter,
             strategy=strategy,
+            builder=builder,
             runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
             measure_callbacks=callbacks,
             seed=args.seed,
         )
     finally:
         progress.close()
+        if args.builder == "fast":
+            builder.shutdown()
     wall = time.perf_counter() - start
     from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 

@@ -19,6 +19,7 @@
 import gc
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -149,10 +150,21 @@ def tar_digests(path):
         }
 
 
+_ARTIFACT_DIRS = []
+
+
 def assert_built(results):
     for result in results:
         assert result.error_msg is None, result.error_msg
         assert os.path.isfile(result.artifact_path)
+        _ARTIFACT_DIRS.append(os.path.dirname(result.artifact_path))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_artifacts():
+    yield
+    for directory in _ARTIFACT_DIRS:  # each artifact has its own temporary directory
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +230,7 @@ def test_timeout_kills_worker_and_batch_goes_on(candidates):
         )
         elapsed = time.perf_counter() - start
         assert elapsed < timeout + 10, elapsed
-        assert results[0].error_msg is None and results[2].error_msg is None
+        assert_built([results[0], results[2]])
         assert results[1].artifact_path is None
         assert "Timeout" in results[1].error_msg
         assert builder.stats()["timeouts"] == 1
@@ -304,6 +316,9 @@ def test_no_orphans_at_interpreter_exit(tmp_path):
     script.write_text(
         textwrap.dedent(
             """
+            import os
+            import shutil
+
             import tvm
             from tvm.s_tir.meta_schedule.testing import te_workload
             from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -313,6 +328,7 @@ def test_no_orphans_at_interpreter_exit(tmp_path):
             mod = tvm.IRModule({"main": te_workload.create_te_workload("GMM", 0)})
             result = builder.build([BuilderInput(mod, tvm.target.Target("llvm"))])[0]
             assert result.error_msg is None, result.error_msg
+            shutil.rmtree(os.path.dirname(result.artifact_path))
             print(*builder.worker_pids())
             """
         )
@@ -432,7 +448,7 @@ def test_cuda_mma_store_needs_intrinsics_and_is_detected(candidates):
 def test_cuda_mma_store_builds_with_lazy_import():
     with FastBuilder(max_workers=1) as builder:
         result = builder.build([BuilderInput(_mma_store_module(), CUDA_TARGET)])[0]
-        assert result.error_msg is None, result.error_msg
+        assert_built([result])
         assert builder.stats()["intrin_imports"] == 1
 
 

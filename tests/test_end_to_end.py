@@ -13,7 +13,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 
-from ms_droplet import DropletSearch
+from ms_droplet import DropletSearch, FastBuilder
 
 pytestmark = pytest.mark.tuning
 
@@ -27,18 +27,20 @@ def test_tune_tir_droplet_records_both_phases_and_compiles(tmp_path, host_target
     mod = create_te_workload("GMM", 0)
     strategy = DropletSearch(exploration_trials=4)
     work_dir = str(tmp_path / "work")
-    database = ms.tune_tir(
-        mod,
-        host_target,
-        work_dir,
-        max_trials_global=12,
-        num_trials_per_iter=4,
-        strategy=strategy,
-        runner=ms.runner.LocalRunner(
-            evaluator_config=ms.runner.EvaluatorConfig(number=2, repeat=2, min_repeat_ms=10)
-        ),
-        seed=3,
-    )
+    with FastBuilder() as builder:
+        database = ms.tune_tir(
+            mod,
+            host_target,
+            work_dir,
+            max_trials_global=12,
+            num_trials_per_iter=4,
+            strategy=strategy,
+            builder=builder,
+            runner=ms.runner.LocalRunner(
+                evaluator_config=ms.runner.EvaluatorConfig(number=2, repeat=2, min_repeat_ms=10)
+            ),
+            seed=3,
+        )
     (report,) = strategy.reports
     assert report.exploration == 4
     assert report.descent >= 1
@@ -76,3 +78,39 @@ def test_name_registered_by_import_tvm_alone():
     env = dict(os.environ, TVM_DEVICE_BACKEND_AUTOLOAD="0")
     off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert off.returncode != 0 and "Unknown SearchStrategy: droplet" in off.stderr
+
+
+def test_tune_relax_accepts_droplet_by_name(tmp_path, host_target):
+    from tvm import relax
+    from tvm.relax.frontend import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(32, 16)
+
+        def forward(self, x):
+            return nn.op.relu(self.fc(x))
+
+    mod, _ = Tiny().export_tvm(spec={"forward": {"x": nn.spec.Tensor((2, 32), "float32")}})
+    mod = relax.transform.LegalizeOps()(mod)
+    mod = relax.transform.AnnotateTIROpPattern()(mod)
+    mod = relax.transform.FuseOps()(mod)
+    mod = relax.transform.FuseTIR()(mod)
+    work_dir = str(tmp_path / "relax")
+    with FastBuilder() as builder:
+        ms.relax_integration.tune_relax(
+            mod,
+            {},
+            host_target,
+            work_dir,
+            max_trials_global=4,
+            num_trials_per_iter=2,
+            strategy="droplet",
+            builder=builder,
+        )
+    logs = "".join(
+        open(os.path.join(work_dir, "logs", name), encoding="utf-8").read()
+        for name in os.listdir(os.path.join(work_dir, "logs"))
+    )
+    assert "droplet: budget" in logs and "droplet: summary" in logs
+    assert _records(work_dir)
