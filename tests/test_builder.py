@@ -229,7 +229,7 @@ def test_timeout_kills_worker_and_batch_goes_on(candidates):
             ]
         )
         elapsed = time.perf_counter() - start
-        assert elapsed < timeout + 10, elapsed
+        assert elapsed < 60, elapsed  # the hang lasts 120 s: the kill, not speed, is checked
         assert_built([results[0], results[2]])
         assert results[1].artifact_path is None
         assert "Timeout" in results[1].error_msg
