@@ -202,6 +202,7 @@ class DescentConfig:
     max_step: int = 2
     min_measurements: int = 2
     max_measurements: int = 3
+    sure_gain: float = 0.1
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_measurements <= self.max_measurements:
@@ -384,9 +385,9 @@ class DescentCore:
 
         A neighbor is accepted only once it and the incumbent were each measured at least
         ``min_measurements`` times (timings of one runner call are correlated: they
-        underestimate the spread between calls). Neighbors that look faster but are not yet
-        significant or not yet confirmed are queued for another measurement (the incumbent too)
-        until they have ``max_measurements``.
+        underestimate the spread between calls), unless its gain is at least ``sure_gain``.
+        Neighbors that look faster but are not yet significant or not yet confirmed are queued
+        for another measurement (the incumbent too) until they have ``max_measurements``.
         """
         inc = self._obs.get(self.incumbent)
         if inc is None or not inc.samples:
@@ -400,7 +401,10 @@ class DescentCore:
             verdict = compare_samples(
                 inc.samples, obs.samples, self.config.p_value, self.config.min_gain
             )
-            confirmed = min(obs.measurements, inc.measurements) >= self.config.min_measurements
+            confirmed = (
+                min(obs.measurements, inc.measurements) >= self.config.min_measurements
+                or 1.0 - 1.0 / verdict.speedup >= self.config.sure_gain
+            )
             if verdict.outcome is Outcome.ACCEPT and confirmed:
                 accepted.append((obs.mean, vector, verdict))
             elif verdict.outcome is not Outcome.REJECT and (

@@ -160,11 +160,12 @@ class DropletSearch(PySearchStrategy):
     only when the neighbor is faster by at least ``min_gain`` and a one-sided Welch t-test
     gives ``p <= p_value`` on the pooled timings, and only once it and the incumbent were each
     measured at least ``min_measurements`` times (timings of one runner call are correlated and
-    understate the spread between calls). A neighbor that looks faster but is not yet decided
-    or confirmed is measured again, with the incumbent, up to ``max_measurements`` times. The
-    default runner gives one timing per measurement, so the test then needs the re-measurement
-    anyway. The task ends when the whole neighborhood (steps
-    ``1..max_step``) is known without an accepted move, or when its budget is spent.
+    understate the spread between calls), unless it is at least ``sure_gain`` faster. A
+    neighbor that looks faster but is not yet decided or confirmed is measured again, with the
+    incumbent, up to ``max_measurements`` times. The default runner gives one timing per
+    measurement, so the test then needs the re-measurement anyway. The task ends when the whole
+    neighborhood (steps ``1..max_step``) is known without an accepted move, or when its budget
+    is spent.
 
     Parameters
     ----------
@@ -183,6 +184,9 @@ class DropletSearch(PySearchStrategy):
     max_measurements : int
         How many times one schedule may be measured to decide a contested move
         (>= ``min_measurements``).
+    sure_gain : float
+        A relative gain, in [0, 1], so far above the noise between runner calls (3-9 % here)
+        that one call on each side is enough when its timings pass the test (1.0: never).
     **evolutionary_options
         Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
         ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
@@ -198,12 +202,14 @@ class DropletSearch(PySearchStrategy):
         max_step: int = 2,
         min_measurements: int = 2,
         max_measurements: int = 3,
+        sure_gain: float = 0.1,
         **evolutionary_options,
     ) -> None:
         _check_int("exploration_trials", exploration_trials, minimum=0, allow_none=True)
         _check_number("p_value", p_value, low=0.0, high=1.0, low_open=True, high_open=True)
         _check_number("min_gain", min_gain, low=0.0, high=1.0, low_open=False, high_open=True)
         _check_int("max_step", max_step, minimum=1)
+        _check_number("sure_gain", sure_gain, low=0.0, high=1.0, low_open=False, high_open=False)
         _check_int("min_measurements", min_measurements, minimum=1)
         _check_int("max_measurements", max_measurements, minimum=1)
         if max_measurements < min_measurements:
@@ -217,7 +223,8 @@ class DropletSearch(PySearchStrategy):
             raise TypeError(
                 f"DropletSearch: unknown option(s) {unknown}; the options are "
                 "exploration_trials, p_value, min_gain, max_step, min_measurements, "
-                f"max_measurements and the EvolutionarySearch options {list(_EVOLUTIONARY_OPTIONS)}"
+                "max_measurements, sure_gain and the EvolutionarySearch options "
+                f"{list(_EVOLUTIONARY_OPTIONS)}"
             )
         self.exploration_trials = exploration_trials
         self.config = DescentConfig(
@@ -226,6 +233,7 @@ class DropletSearch(PySearchStrategy):
             max_step=int(max_step),
             min_measurements=int(min_measurements),
             max_measurements=int(max_measurements),
+            sure_gain=float(sure_gain),
         )
         self.evolutionary_options = dict(evolutionary_options)
         self._context = None
@@ -294,7 +302,7 @@ class DropletSearch(PySearchStrategy):
         self._state = state
         self._logger.info(
             "droplet: budget %d trials, exploration %d (evolutionary search), then descent "
-            "(p_value=%s, min_gain=%s, max_step=%d, measurements %d..%d)",
+            "(p_value=%s, min_gain=%s, max_step=%d, measurements %d..%d, sure_gain=%s)",
             state.max_trials,
             explore,
             self.config.p_value,
@@ -302,6 +310,7 @@ class DropletSearch(PySearchStrategy):
             self.config.max_step,
             self.config.min_measurements,
             self.config.max_measurements,
+            self.config.sure_gain,
         )
         if explore > 0:
             inner = EvolutionarySearch(**self.evolutionary_options)
@@ -428,6 +437,7 @@ class DropletSearch(PySearchStrategy):
             max_step=self.config.max_step,
             min_measurements=self.config.min_measurements,
             max_measurements=self.config.max_measurements,
+            sure_gain=self.config.sure_gain,
             **self.evolutionary_options,
         )
         twin.reports = self.reports

@@ -207,20 +207,30 @@ def test_coordinate_rejects_unknown_kind():
         Coordinate("SampleInt", "x")
 
 
-def test_one_runner_call_is_not_enough_to_move():
-    # Three tight timings from one call look significant; the move waits for a second call.
+def test_one_runner_call_is_not_enough_for_a_small_gain():
+    # Three tight timings from one call look significant; a 5 % move waits for a second call.
     config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1)
     core = DescentCore(((32, 1), 0), [1.0, 1.001, 0.999], COORDS, config, np.random.default_rng(0))
     for p in core.propose(10):
         faster = p.vector == ((16, 2), 0)
-        core.observe(p.vector, [0.9, 0.901, 0.899] if faster else [1.2, 1.2, 1.2])
+        core.observe(p.vector, [0.95, 0.951, 0.949] if faster else [1.2, 1.2, 1.2])
     assert core.conclude() is None
     again = {(p.vector, p.remeasure) for p in core.propose(10)}
     assert {(((32, 1), 0), True), (((16, 2), 0), True)} <= again
     core.observe(((32, 1), 0), [1.0, 1.0, 1.0])
-    core.observe(((16, 2), 0), [0.9, 0.9, 0.9])
+    core.observe(((16, 2), 0), [0.95, 0.95, 0.95])
     assert core.conclude() is not None
     assert core.incumbent == ((16, 2), 0)
+
+
+def test_a_sure_gain_moves_after_one_call():
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1, sure_gain=0.1)
+    core = DescentCore(((32, 1), 0), [1.0, 1.001, 0.999], COORDS, config, np.random.default_rng(0))
+    for p in core.propose(10):
+        faster = p.vector == ((16, 2), 0)
+        core.observe(p.vector, [0.7, 0.701, 0.699] if faster else [1.2, 1.2, 1.2])
+    move = core.conclude()
+    assert move is not None and move.speedup > 1.4
 
 
 def test_config_checks_measurement_bounds():

@@ -117,7 +117,7 @@ def test_descent_improves_on_exploration_and_never_repeats(host_target, droplet_
     assert descended, "the descent measured nothing"
     assert min(c for _, c in descended) < min(c for _, c in explored)
     (report,) = strategy.reports
-    assert report.moves >= 1 and report.remeasured >= 1  # moves are confirmed by a 2nd call
+    assert report.moves >= 1
     assert repeats([h for h, _ in flat]) == report.remeasured, "a module was measured twice"
     assert "move 1 accepted" in droplet_log.text()
 
@@ -223,6 +223,11 @@ def test_name_resolves_everywhere(host_target):
         ({"min_gain": -0.1}, r"min_gain must be a number in \[0.0, 1.0\)"),
         ({"exploration_trials": -1}, r"exploration_trials must be an integer >= 0 or None"),
         ({"max_step": 0}, r"max_step must be an integer >= 1, got 0"),
+        ({"sure_gain": 1.5}, r"sure_gain must be a number in \[0.0, 1.0\], got 1.5"),
+        (
+            {"min_measurements": 3, "max_measurements": 2},
+            r"max_measurements must be >= min_measurements",
+        ),
         ({"max_measurements": 1.5}, r"max_measurements must be an integer >= 1"),
     ],
 )
