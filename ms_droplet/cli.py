@@ -40,31 +40,18 @@ class UsageError(ValueError):
     """A bad command-line value; printed without a traceback."""
 
 
-def _positive_int(name: str):
+def _int_at_least(name: str, minimum: int):
+    """An argparse type: an integer >= ``minimum``, with a message naming the option."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{name} must be a positive integer, got {text!r}"
+                f"{name} must be an integer >= {minimum}, got {text!r}"
             ) from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
-
-
-def _non_negative_int(name: str):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{name} must be an integer >= 0, got {text!r}"
-            ) from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 0, got {value}")
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
         return value
 
     return parse
@@ -95,20 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument(
         "--trials",
-        type=_positive_int("--trials"),
+        type=_int_at_least("--trials", 1),
         default=DEFAULT_TRIALS,
         help=f"total measurement budget (default {DEFAULT_TRIALS})",
     )
     tune.add_argument(
         "--exploration-trials",
-        type=_non_negative_int("--exploration-trials"),
+        type=_int_at_least("--exploration-trials", 0),
         default=None,
         help="droplet only: trials of evolutionary exploration (default: 30%% of --trials, "
         "between 16 and 300)",
     )
     tune.add_argument(
         "--num-trials-per-iter",
-        type=_positive_int("--num-trials-per-iter"),
+        type=_int_at_least("--num-trials-per-iter", 1),
         default=DEFAULT_TRIALS_PER_ITER,
         help=f"candidates per measured batch (default {DEFAULT_TRIALS_PER_ITER})",
     )

@@ -53,9 +53,10 @@ import tvm
 import tvm.s_tir.meta_schedule as ms
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.testing import te_workload
-from tvm.s_tir.schedule import Trace
 
 from ms_droplet.builder import FastBuilder
+from ms_droplet.target import host_target
+from ms_droplet.testing import random_schedules
 
 RUNNER_CONFIGS = [
     (3, 1, 100),  # MetaSchedule's default EvaluatorConfig
@@ -77,11 +78,6 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def host_target(num_cores: int) -> tvm.target.Target:
-    mcpu = tvm.get_global_func("target.llvm_get_system_cpu")()
-    return tvm.target.Target({"kind": "llvm", "num-cores": num_cores, "mcpu": mcpu})
-
-
 def workload_module(spec: str) -> tvm.IRModule:
     name, index = spec.split(":")
     return tvm.IRModule({"main": te_workload.create_te_workload(name, int(index))})
@@ -89,33 +85,7 @@ def workload_module(spec: str) -> tvm.IRModule:
 
 def make_candidates(mod, target, count: int, seed: int) -> list[tvm.IRModule]:
     """``count`` distinct random schedules that pass postprocessing."""
-    ctx = ms.TuneContext(
-        mod=mod,
-        target=target,
-        space_generator="post-order-apply",
-        task_name="bench",
-        rand_state=seed,
-    )
-    spaces = ctx.generate_design_space()
-    postprocs = ctx.space_generator.postprocs
-    mods, seen = [], set()
-    attempt = 0
-    while len(mods) < count and attempt < 50 * count:
-        attempt += 1
-        space = spaces[attempt % len(spaces)]
-        sch = tvm.s_tir.Schedule(mod, seed=seed * 100003 + attempt, debug_mask=0)
-        Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
-        sch.enter_postproc()
-        if not all(proc.apply(sch) for proc in postprocs):
-            continue
-        key = tvm.ir.save_json(sch.mod)
-        if key in seen:
-            continue
-        seen.add(key)
-        mods.append(sch.mod)
-    if len(mods) < count:
-        raise RuntimeError(f"only {len(mods)} distinct candidates after {attempt} attempts")
-    return mods
+    return random_schedules(mod, target, count, seed)
 
 
 def remove_artifacts(results) -> None:

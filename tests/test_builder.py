@@ -34,7 +34,6 @@ import tvm.s_tir.meta_schedule as ms
 from tvm import te
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.testing import te_workload
-from tvm.s_tir.schedule import Trace
 from tvm.script import tirx as T
 
 from ms_droplet.builder import (
@@ -43,6 +42,7 @@ from ms_droplet.builder import (
     _mentions_intrin_consumer,
     default_build,
 )
+from ms_droplet.testing import random_schedules
 
 HOST_CPU = tvm.get_global_func("target.llvm_get_system_cpu")()
 TARGET = tvm.target.Target({"kind": "llvm", "num-cores": 2, "mcpu": HOST_CPU})
@@ -99,27 +99,7 @@ def build_without_intrinsics(mod, target, params):
 def gmm_candidates(count, seed=0):
     """``count`` postprocessed random schedules of ``GMM:0`` (like ReplayTrace makes them)."""
     mod = tvm.IRModule({"main": te_workload.create_te_workload("GMM", 0)})
-    ctx = ms.TuneContext(
-        mod=mod,
-        target=TARGET,
-        space_generator="post-order-apply",
-        task_name="gmm",
-        rand_state=seed + 1,
-    )
-    spaces = ctx.generate_design_space()
-    postprocs = ctx.space_generator.postprocs
-    mods = []
-    attempt = 0
-    while len(mods) < count and attempt < 20 * count:
-        attempt += 1
-        space = spaces[attempt % len(spaces)]
-        sch = tvm.s_tir.Schedule(mod, seed=seed * 1000 + attempt, debug_mask=0)
-        Trace(space.trace.insts, {}).apply_to_schedule(sch, remove_postproc=True)
-        sch.enter_postproc()
-        if all(proc.apply(sch) for proc in postprocs):
-            mods.append(sch.mod)
-    assert len(mods) == count
-    return mods
+    return random_schedules(mod, TARGET, count, seed)
 
 
 def marked(mod, mark):

@@ -22,7 +22,7 @@ def _error_of(argv, capsys):
     "argv, message",
     [
         (["--trials", "0"], "--trials must be >= 1, got 0"),
-        (["--trials", "x"], "--trials must be a positive integer, got 'x'"),
+        (["--trials", "x"], "--trials must be an integer >= 1, got 'x'"),
         (["--exploration-trials", "-3"], "--exploration-trials must be >= 0, got -3"),
         (["--strategy", "annealing"], "invalid choice: 'annealing'"),
     ],
