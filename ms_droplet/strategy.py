@@ -135,6 +135,7 @@ class _RunState:
         self.traces: dict[int, object] = {}  # structural hash -> a trace that builds it
         self.postprocs: list = []
         self.replay_seed = 1
+        self.rng = np.random.default_rng(0)  # reseeded from the tune context in pre_tuning
         self.failed: set[int] = set()
         self.inner: EvolutionarySearch | None = None
         self.space: TraceSpace | None = None
@@ -269,11 +270,15 @@ class DropletSearch(PySearchStrategy):
         state = _RunState(
             int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
         )
-        self._rng = np.random.default_rng(abs(int(self._context.rand_state)))
+        state.rng = np.random.default_rng(abs(int(self._context.rand_state)))
         state.postprocs = list(self._context.space_generator.postprocs)
-        state.replay_seed = int(self._rng.integers(1, 2**31 - 1))
+        state.replay_seed = int(state.rng.integers(1, 2**31 - 1))
         tic = time.perf_counter()
-        known = self._load_database(state)
+        try:
+            known = self._load_database(state)
+        except Exception:  # noqa: BLE001 - tuning goes on without what the database knows
+            self._logger.exception("droplet: could not read the database; starting afresh")
+            known = 0
         state.search_secs += time.perf_counter() - tic
         explore = (
             default_exploration_trials(state.max_trials)
@@ -533,7 +538,7 @@ class DropletSearch(PySearchStrategy):
             start_samples,
             space.coordinates_at(start),
             self.config,
-            self._rng,
+            state.rng,
             coordinates_at=space.coordinates_at,
         )
         self._logger.info(
