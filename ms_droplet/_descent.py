@@ -247,8 +247,10 @@ class DescentCore:
     The host calls :meth:`propose` to get vectors to measure, reports each with
     :meth:`observe` (or :meth:`reject` when it cannot be measured), then calls
     :meth:`conclude` once the batch is back. The neighborhood of the incumbent is visited in
-    this order: a repetition of the last accepted move, then every single-coordinate neighbor at
-    step 1 (in an order drawn from ``rng``), then at step 2, up to ``config.max_step``.
+    this order: a repetition of the last accepted move, then the other single changes that
+    looked faster than the previous incumbent, applied to the new one (fastest first), then
+    every single-coordinate neighbor at step 1 (in an order drawn from ``rng``), then at step
+    2, up to ``config.max_step``.
 
     Parameters
     ----------
@@ -418,11 +420,18 @@ class DescentCore:
             changes = tuple((i, a, b) for i, (a, b) in enumerate(zip(old, best)) if a != b)
             move = Move(changes, verdict.speedup, verdict.p)
             self.moves.append(move)
+            # Other changes that looked faster than the old incumbent, fastest first: tried on
+            # top of the new incumbent before the rest of its neighborhood.
+            promising = sorted(
+                (mean, vector) for mean, vector, *_ in accepted + contested if vector != best
+            )
             self.incumbent = best
             self._contested = []
             if self._coordinates_at is not None:
                 self._coordinates = tuple(self._coordinates_at(best))
-            self._build_neighborhood(last_move=(old, best))
+            self._build_neighborhood(
+                last_move=(old, best), promising=[vector for _, vector in promising]
+            )
             return move
         contested.sort(key=lambda item: (item[0], repr(item[1])))
         self._contested = [vector for _, vector in contested]
@@ -440,7 +449,9 @@ class DescentCore:
             if v not in self._obs and v not in self._invalid and v not in self._pending
         ]
 
-    def _build_neighborhood(self, last_move: tuple[Vector, Vector] | None) -> None:
+    def _build_neighborhood(
+        self, last_move: tuple[Vector, Vector] | None, promising: Sequence[Vector] = ()
+    ) -> None:
         inc = self.incumbent
         ordered: list[Vector] = []
         if last_move is not None:
@@ -455,6 +466,17 @@ class DescentCore:
                     ahead[i] = nxt
             if ahead is not None:
                 ordered.append(tuple(ahead))
+            for vector in promising:
+                diff = [i for i, (a, b) in enumerate(zip(old, vector)) if a != b]
+                if len(diff) != 1 or old[diff[0]] != new[diff[0]]:
+                    continue  # not a single change, or one on the coordinate that just moved
+                i = diff[0]
+                legal = any(
+                    vector[i] in self._coordinates[i].neighbors(inc[i], step)
+                    for step in range(1, self.config.max_step + 1)
+                )
+                if legal:
+                    ordered.append(inc[:i] + (vector[i],) + inc[i + 1 :])
         for step in range(1, self.config.max_step + 1):
             level = []
             for i, coord in enumerate(self._coordinates):

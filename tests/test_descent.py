@@ -236,3 +236,21 @@ def test_a_sure_gain_moves_after_one_call():
 def test_config_checks_measurement_bounds():
     with pytest.raises(ValueError, match="min_measurements <= max_measurements"):
         DescentConfig(min_measurements=3, max_measurements=2)
+
+
+def test_other_improvements_are_combined_after_a_move():
+    coords = [
+        Coordinate(CATEGORICAL, "a", choices=(0, 1, 2)),
+        Coordinate(CATEGORICAL, "b", choices=(0, 1, 2)),
+        Coordinate(CATEGORICAL, "c", choices=(0, 1, 2)),
+    ]
+    config = DescentConfig(min_gain=0.0, max_step=1, min_measurements=1, max_measurements=1)
+    core = DescentCore((0, 0, 0), [10.0, 10.0], coords, config, np.random.default_rng(0))
+    times = {(1, 0, 0): 5.0, (0, 1, 0): 8.0, (0, 0, 1): 12.0}
+    for p in core.propose(10):
+        t = times[p.vector]
+        core.observe(p.vector, [t, t])
+    move = core.conclude()
+    assert move is not None and core.incumbent == (1, 0, 0)
+    # First the same move again, then b's improvement on top of the new incumbent.
+    assert [p.vector for p in core.propose(2)] == [(2, 0, 0), (1, 1, 0)]
