@@ -282,3 +282,16 @@ def test_internal_error_ends_the_task_without_raising(host_target, droplet_log, 
     assert sum(len(b) for b in batches) == 4  # exploration only, then the task ends cleanly
     text = droplet_log.text()
     assert "unexpected error" in text and "internal error" in text
+
+
+def test_register_is_idempotent_and_keeps_other_names():
+    from tvm.s_tir.meta_schedule.search_strategy import SearchStrategy
+
+    import ms_droplet
+
+    before = SearchStrategy.create
+    ms_droplet.register()
+    ms_droplet.register()
+    assert SearchStrategy.create is before
+    assert SearchStrategy.create("droplet").exploration_trials is None
+    assert type(SearchStrategy.create("replay-func")).__name__ == "ReplayFunc"
