@@ -140,7 +140,7 @@ class _RunState:
         self.inner: EvolutionarySearch | None = None
         self.space: TraceSpace | None = None
         self.core: DescentCore | None = None
-        self.schedules: dict[Vector, tuple] = {}  # vector -> (schedule, hash)
+        self.hash_of: dict[Vector, int] = {}  # vector -> structural hash of its module
         self.batch = _Batch()
         self.stop_reason: str | None = None
         self.best = math.inf
@@ -569,33 +569,27 @@ class DropletSearch(PySearchStrategy):
                     break
             for proposal in proposals:
                 vector = proposal.vector
-                if proposal.remeasure or vector not in state.schedules:
-                    if vector not in state.schedules:
-                        replayed = space.replay(vector)
-                        if replayed.sch is None:
-                            state.counts.invalid += 1
-                            core.reject(vector)
-                            self._logger.debug(
-                                "droplet: invalid neighbor %s: %s", vector, replayed.error
-                            )
-                            continue
-                        state.schedules[vector] = (replayed.sch, replayed.shash)
-                sch, shash = state.schedules[vector]
-                if not proposal.remeasure:
-                    if shash in state.failed:
-                        state.counts.duplicates += 1
-                        core.observe(vector, [])
+                # Schedules are not kept (memory): a module is replayed again when measured.
+                sch, shash = None, state.hash_of.get(vector)
+                if shash is None:
+                    sch = self._replay(state, vector)
+                    if sch is None:
                         continue
-                    if shash in state.measured:
-                        state.counts.duplicates += 1
-                        core.observe(vector, state.measured[shash])
-                        continue
-                    if shash in slot_of_hash:
-                        state.counts.duplicates += 1
-                        vectors[slot_of_hash[shash]].append(vector)
-                        continue
-                else:
+                    shash = state.hash_of[vector]
+                if proposal.remeasure:
                     state.counts.remeasured += 1
+                elif shash in state.failed or shash in state.measured:
+                    state.counts.duplicates += 1
+                    core.observe(vector, state.measured.get(shash, []))
+                    continue
+                elif shash in slot_of_hash:
+                    state.counts.duplicates += 1
+                    vectors[slot_of_hash[shash]].append(vector)
+                    continue
+                if sch is None:
+                    sch = self._replay(state, vector)
+                    if sch is None:
+                        continue
                 slot_of_hash[shash] = len(batch)
                 batch.append(
                     MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
@@ -616,6 +610,17 @@ class DropletSearch(PySearchStrategy):
         state.counts.descent += len(batch)
         state.batch = _Batch(vectors, hashes)
         return batch
+
+    def _replay(self, state: _RunState, vector: Vector):
+        """The postprocessed schedule of ``vector``, or None (counted, rejected) if invalid."""
+        replayed = state.space.replay(vector)
+        if replayed.sch is None:
+            state.counts.invalid += 1
+            state.core.reject(vector)
+            self._logger.debug("droplet: invalid neighbor %s: %s", vector, replayed.error)
+            return None
+        state.hash_of[vector] = replayed.shash
+        return replayed.sch
 
     def _log_move(self, state: _RunState, move: Move | None) -> None:
         if move is None or state.core is None:
