@@ -19,6 +19,19 @@ _names = itertools.count()
 MOD = create_te_workload("GMM", 0)
 
 
+def make_context(strategy, target, seed):
+    """A one-thread tune context of MOD with a task name no other test uses."""
+    return ms.TuneContext(
+        mod=MOD,
+        target=target,
+        space_generator="post-order-apply",
+        search_strategy=strategy,
+        task_name=f"proto{next(_names)}",
+        rand_state=seed,
+        num_threads=1,
+    )
+
+
 def drive(
     strategy,
     target,
@@ -31,15 +44,7 @@ def drive(
     samples=2,
 ):
     """Run one task by hand like the task scheduler does; commit records like AddToDatabase."""
-    context = ms.TuneContext(
-        mod=MOD,
-        target=target,
-        space_generator="post-order-apply",
-        search_strategy=strategy,
-        task_name=f"proto{next(_names)}",
-        rand_state=seed,
-        num_threads=1,
-    )
+    context = make_context(strategy, target, seed)
     database = database if database is not None else ms.database.MemoryDatabase()
     context.pre_tuning(
         max_trials,
@@ -251,16 +256,7 @@ def test_default_exploration(budget, expected):
 
 
 def test_misuse_says_what_to_call_first(host_target):
-    strategy = DropletSearch()
-    context = ms.TuneContext(
-        mod=MOD,
-        target=host_target,
-        space_generator="post-order-apply",
-        search_strategy=strategy,
-        task_name=f"proto{next(_names)}",
-        rand_state=1,
-        num_threads=1,
-    )
+    context = make_context(DropletSearch(), host_target, seed=1)
     spaces = context.generate_design_space()
     database = ms.database.MemoryDatabase()
     context.pre_tuning(8, 4, spaces, database, ms.cost_model.RandomModel(seed=1))
