@@ -294,7 +294,6 @@ class DescentCore:
         self._neighborhood: set[Vector] = set()
         self._contested: list[Vector] = []
         self.incumbent: Vector = tuple(start)
-        self.moves: list[Move] = []
         if start_samples:
             self.observe(self.incumbent, start_samples)
         self._build_neighborhood(last_move=None)
@@ -329,10 +328,6 @@ class DescentCore:
             f"local optimum: all {len(self._neighborhood)} neighbors up to step "
             f"{self.config.max_step} are known and none is faster with p <= {self.config.p_value}"
         )
-
-    def samples_of(self, vector: Vector) -> list[float]:
-        """The run times observed for ``vector`` (empty if none)."""
-        return list(self._obs.get(tuple(vector), _Observations()).samples)
 
     # -- protocol ------------------------------------------------------------------------------
     def propose(self, max_count: int) -> list[Proposal]:
@@ -419,7 +414,6 @@ class DescentCore:
             old = self.incumbent
             changes = tuple((i, a, b) for i, (a, b) in enumerate(zip(old, best)) if a != b)
             move = Move(changes, verdict.speedup, verdict.p)
-            self.moves.append(move)
             # Other changes that looked faster than the old incumbent, fastest first: tried on
             # top of the new incumbent before the rest of its neighborhood.
             promising = sorted(

@@ -71,14 +71,19 @@ def _task_logger(task_name: str) -> logging.Logger:
     return logging.getLogger("tvm.s_tir.meta_schedule")
 
 
-def _samples_of(result) -> list[float]:
-    """Run times of one RunnerResult; empty when the candidate failed."""
-    if result.error_msg is not None or result.run_secs is None:
-        return []
-    samples = [float(x) for x in result.run_secs]
-    if not samples or any(not math.isfinite(s) or s <= 0 or s >= _FAILED_RUN_SECS for s in samples):
+def _valid_run_secs(run_secs) -> list[float]:
+    """Run times as floats; empty when they mark a failure (none, non-finite, or 1e10)."""
+    samples = [float(x) for x in (run_secs or [])]
+    if any(not math.isfinite(s) or s <= 0 or s >= _FAILED_RUN_SECS for s in samples):
         return []
     return samples
+
+
+def _samples_of(result) -> list[float]:
+    """Run times of one RunnerResult; empty when the candidate failed."""
+    if result.error_msg is not None:
+        return []
+    return _valid_run_secs(result.run_secs)
 
 
 @dataclass
@@ -122,12 +127,11 @@ class _Batch:
 class _RunState:
     """Everything that lives from ``pre_tuning`` to ``post_tuning``."""
 
-    def __init__(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+    def __init__(self, max_trials, num_trials_per_iter, design_spaces, database):
         self.max_trials = max_trials
         self.num_trials_per_iter = num_trials_per_iter
         self.design_spaces = list(design_spaces)
         self.database = database
-        self.cost_model = cost_model
         self.trials = 0
         self.phase = "exploration"
         self.counts = _Counters()
@@ -267,9 +271,7 @@ class DropletSearch(PySearchStrategy):
 
         database = database if database is not None else MemoryDatabase()
         cost_model = cost_model if cost_model is not None else RandomModel()
-        state = _RunState(
-            int(max_trials), int(num_trials_per_iter), design_spaces, database, cost_model
-        )
+        state = _RunState(int(max_trials), int(num_trials_per_iter), design_spaces, database)
         state.rng = np.random.default_rng(abs(int(self._context.rand_state)))
         state.postprocs = list(self._context.space_generator.postprocs)
         state.replay_seed = int(state.rng.integers(1, 2**31 - 1))
@@ -496,8 +498,8 @@ class DropletSearch(PySearchStrategy):
             replayed = replay(context.mod, record.trace, state.postprocs, state.replay_seed)
             if replayed.shash is None:
                 continue
-            run_secs = [float(x) for x in (record.run_secs or [])]
-            if run_secs and all(math.isfinite(s) and 0 < s < _FAILED_RUN_SECS for s in run_secs):
+            run_secs = _valid_run_secs(record.run_secs)
+            if run_secs:
                 state.measured.setdefault(replayed.shash, []).extend(run_secs)
                 state.traces.setdefault(replayed.shash, record.trace)
                 state.best = min(state.best, float(np.mean(run_secs)))
