@@ -26,6 +26,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from tvm.s_tir.meta_schedule.search_strategy import (
 
 from ._descent import DescentConfig, DescentCore, Move, Vector
 from ._trace import TraceSpace, replay
+from .workdir import acquire_work_dir, release_work_dir
 
 _LOG_PREFIX = "tvm.s_tir.meta_schedule.logging.task_"
 _FAILED_RUN_SECS = 1e9  # MetaSchedule stores failed candidates with run_secs=[1e10]
@@ -151,6 +153,7 @@ class _RunState:
         self.exploration_budget = 0
         self.descent_started = False
         self.search_secs = 0.0  # time spent in this strategy's own descent code
+        self.lock: str | None = None  # the work directory lock held until post_tuning
         self.descent_start = math.nan  # mean run time of the descent's starting schedule
 
 
@@ -271,7 +274,26 @@ class DropletSearch(PySearchStrategy):
 
         database = database if database is not None else MemoryDatabase()
         cost_model = cost_model if cost_model is not None else RandomModel()
+        # Raises WorkDirBusyError while another process tunes into the same work_dir: refusing
+        # here aborts the run before anything is measured.
+        lock = _lock_database_dir(database)
+        try:
+            self._prepare(max_trials, num_trials_per_iter, design_spaces, database, cost_model)
+        except BaseException:
+            if lock is not None:
+                release_work_dir(lock)
+            raise
+        self._state.lock = lock
+
+    def _prepare(self, max_trials, num_trials_per_iter, design_spaces, database, cost_model):
+        """``pre_tuning`` after the checks: read the database, set up exploration."""
         state = _RunState(int(max_trials), int(num_trials_per_iter), design_spaces, database)
+        if state.max_trials <= 0:
+            self._logger.warning(
+                "droplet: this task's budget is %d trials: nothing will be measured (give "
+                "tune_tir/tune_relax a max_trials_global of at least 1)",
+                state.max_trials,
+            )
         state.rng = np.random.default_rng(abs(int(self._context.rand_state)))
         state.postprocs = list(self._context.space_generator.postprocs)
         state.replay_seed = int(state.rng.integers(1, 2**31 - 1))
@@ -306,7 +328,6 @@ class DropletSearch(PySearchStrategy):
             )
             explore = max(0, explore - known)
         state.exploration_budget = explore
-        self._state = state
         self._logger.info(
             "droplet: budget %d trials, exploration %d (evolutionary search), then descent "
             "(p_value=%s, min_gain=%s, max_step=%d, measurements %d..%d, sure_gain=%s)",
@@ -328,6 +349,7 @@ class DropletSearch(PySearchStrategy):
             state.inner = inner
         else:
             state.phase = "descent"
+        self._state = state
 
     def post_tuning(self) -> None:
         state = self._state
@@ -371,6 +393,8 @@ class DropletSearch(PySearchStrategy):
             )
         finally:
             self._state = None
+            if state.lock is not None:
+                release_work_dir(state.lock)
 
     def generate_measure_candidates(self) -> list[MeasureCandidate] | None:
         state = self._state
@@ -423,9 +447,7 @@ class DropletSearch(PySearchStrategy):
                 else:
                     state.counts.failures += 1
                     state.failed.add(shash)
-                    self._logger.debug(
-                        "droplet: candidate failed: %s", (result.error_msg or "no run time")[:300]
-                    )
+                    self._logger.debug("droplet: candidate failed: %s", _brief(result.error_msg))
                 if state.core is not None and i < len(batch.vectors):
                     for vector in batch.vectors[i]:
                         state.core.observe(vector, samples)
@@ -484,7 +506,8 @@ class DropletSearch(PySearchStrategy):
     def _load_database(self, state: _RunState) -> int:
         """Learn every record of this workload and target: run times and traces by module hash.
 
-        Returns the number of records found. Each record is replayed once (about 2 ms).
+        Returns the number of records that replay on this workload (about 2 ms each); the
+        others (a trace from another TVM version, an edited file) are logged and ignored.
         """
         context = self._context
         workload = state.database.commit_workload(context.mod)
@@ -494,9 +517,11 @@ class DropletSearch(PySearchStrategy):
             for r in state.database.get_top_k(workload, 1 << 30)
             if r.target is None or str(r.target) == target
         ]
+        unusable: list[str] = []
         for record in records:
             replayed = replay(context.mod, record.trace, state.postprocs, state.replay_seed)
             if replayed.shash is None:
+                unusable.append(str(replayed.error))
                 continue
             run_secs = _valid_run_secs(record.run_secs)
             if run_secs:
@@ -505,7 +530,15 @@ class DropletSearch(PySearchStrategy):
                 state.best = min(state.best, float(np.mean(run_secs)))
             else:
                 state.failed.add(replayed.shash)
-        return len(records)
+        if unusable:
+            self._logger.warning(
+                "droplet: %d of %d database records of this workload do not replay on it and "
+                "are ignored (kept in the database); first error: %s",
+                len(unusable),
+                len(records),
+                unusable[0][:300],
+            )
+        return len(records) - len(unusable)
 
     def _start_descent(self, state: _RunState) -> None:
         mod = self._context.mod
@@ -640,10 +673,27 @@ class DropletSearch(PySearchStrategy):
         )
 
 
+def _lock_database_dir(database) -> str | None:
+    """Lock the work directory of a ``JSONDatabase`` (None for other databases)."""
+    path = getattr(database, "path_tuning_record", None)
+    if not path:
+        return None
+    return acquire_work_dir(os.path.dirname(os.path.abspath(str(path))))
+
+
 def _hash_of(sch) -> int:
     import tvm_ffi  # pylint: disable=import-outside-toplevel
 
     return int(tvm_ffi.structural_hash(sch.mod))
+
+
+def _brief(error_msg: str | None) -> str:
+    """The first and last lines of an error message (its headline and the exception)."""
+    lines = [line.strip() for line in (error_msg or "no valid run time").splitlines()]
+    lines = [line for line in lines if line]
+    if len(lines) > 1 and lines[-1] != lines[0]:
+        return f"{lines[0][:150]} ... {lines[-1][:200]}"
+    return lines[0][:300] if lines else "no valid run time"
 
 
 def _fmt_secs(secs: float) -> str:
