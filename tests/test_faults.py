@@ -39,7 +39,7 @@ from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 from ms_droplet import DropletSearch, FastBuilder
 from ms_droplet.cli import default_evaluator_config
 from ms_droplet.testing import faulty_build, faulty_run_evaluator
-from ms_droplet.workdir import lock_work_dir
+from ms_droplet.workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
 from .test_strategy_protocol import MOD, drive
 
@@ -219,3 +219,204 @@ def test_build_run_and_timeout_failures_are_counted_and_kept(tmp_path, host_targ
         database.get_all_tuning_records()[0].workload.mod, host_target, "main"
     )
     assert best is not None and max(float(x) for x in best.run_secs) < FAILED
+
+
+# ------------------------------------------------------------------ resume
+def _tune(work_dir, target, strategy, trials, seed):
+    with FastBuilder() as builder:
+        return ms.tune_tir(
+            MOD,
+            target,
+            work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=8,
+            strategy=strategy,
+            builder=builder,
+            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
+            seed=seed,
+        )
+
+
+def _module_hashes(database, target):
+    from ms_droplet._trace import replay
+
+    postprocs = list(ms.postproc.Postproc.create("llvm"))
+    return [replay(MOD_IR, r.trace, postprocs, 1).shash for r in database.get_all_tuning_records()]
+
+
+@pytest.mark.tuning
+def test_resume_counts_the_database_and_measures_nothing_twice(tmp_path, host_target):
+    work_dir = str(tmp_path / "work")
+    first = DropletSearch(exploration_trials=8)
+    _tune(work_dir, host_target, first, trials=8, seed=1)
+    before = _records(work_dir)
+    assert len(before) == 8
+
+    second = DropletSearch(exploration_trials=10)  # 8 of its 10 exploration trials are done
+    database = _tune(work_dir, host_target, second, trials=12, seed=2)
+    (report,) = second.reports
+    logs = _logs(work_dir)
+    assert "droplet: resuming: 8 records of this workload and target" in logs
+    assert report.exploration == 2 and report.trials == 12
+    after = _records(work_dir)
+    assert after[:8] == before  # nothing measured earlier is lost or rewritten
+    assert len(after) == 8 + 12
+    # The descent starts from the best record in the database at the end of exploration.
+    means = [sum(r[1][1]) / len(r[1][1]) for r in after[:10]]
+    assert report.descent_start_secs == pytest.approx(min(means), rel=1e-6)
+    # No module is measured twice, except the descent's deliberate re-measurements.
+    hashes = _module_hashes(database, host_target)
+    assert None not in hashes
+    assert len(hashes) - len(set(hashes)) <= report.remeasured
+
+
+# ------------------------------------------------------------------ two processes
+_HOLD = """
+import sys, time
+from ms_droplet.workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
+with lock_work_dir(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_work_dir(tmp_path):
+    """A work_dir whose lock another process holds; that process is killed afterwards."""
+    work_dir = str(tmp_path / "work")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, work_dir], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    yield work_dir, holder
+    holder.kill()
+    holder.wait()
+
+
+def test_second_process_in_one_work_dir_is_refused(held_work_dir, host_target):
+    work_dir, holder = held_work_dir
+    with pytest.raises(
+        WorkDirBusyError, match=f"in use by another tuning process \\(pid {holder.pid}"
+    ):
+        with lock_work_dir(work_dir):
+            pass
+    # tune_tir with droplet refuses in pre_tuning, before anything is measured.
+    with pytest.raises(Exception, match="in use by another tuning process") as info:
+        _tune(work_dir, host_target, DropletSearch(exploration_trials=2), trials=2, seed=1)
+    assert "Wait for that process to finish, or tune into another work_dir" in str(info.value)
+    path = os.path.join(work_dir, "database_tuning_record.json")
+    assert not os.path.exists(path) or os.path.getsize(path) == 0
+    # The lock dies with its holder, even on SIGKILL.
+    holder.kill()
+    holder.wait()
+    with lock_work_dir(work_dir):
+        with lock_work_dir(work_dir):  # re-entrant within a process
+            pass
+
+
+def test_cli_refuses_a_busy_work_dir(held_work_dir, capsys):
+    from ms_droplet.cli import main
+
+    work_dir, holder = held_work_dir
+    with pytest.raises(SystemExit) as info:
+        main(["--trials", "2", "--work-dir", work_dir, "--no-progress"])
+    assert info.value.code == 2
+    assert f"pid {holder.pid}" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ database files
+@pytest.fixture
+def two_workload_dir(tmp_path, host_target):
+    """A real JSON database: 3 records of an SFM workload, then 4 records of MOD."""
+    work_dir = str(tmp_path / "db")
+    os.makedirs(work_dir)
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    other = tvm.IRModule({"main": create_te_workload("SFM", 0).with_attr("global_symbol", "main")})
+    for mod, count in ((other, 3), (MOD_IR, 4)):
+        workload = database.commit_workload(mod)
+        for seed in range(1, count + 1):
+            trace = _sampled_trace(mod, host_target, seed=seed)
+            database.commit_tuning_record(
+                TuningRecord(trace, workload, [seed * 1e-5], host_target, None)
+            )
+    return work_dir
+
+
+def _edit_lines(path, edit):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(edit(lines[:-1])) + "\n")
+
+
+def test_torn_last_line_is_recovered(two_workload_dir):
+    path = os.path.join(two_workload_dir, "database_tuning_record.json")
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) - 500])  # a SIGKILL in the middle of the last record
+    with pytest.raises(Exception):  # noqa: B017 - TVM's own error says neither file nor line
+        ms.database.JSONDatabase(work_dir=two_workload_dir)
+    check = check_work_dir(two_workload_dir)
+    assert check.records.torn_bytes > 0 and check.records.lines == 6
+    assert os.path.getsize(path + ".torn") == check.records.torn_bytes + 1
+    assert len(ms.database.JSONDatabase(work_dir=two_workload_dir).get_all_tuning_records()) == 6
+    assert not check_work_dir(two_workload_dir).changed  # idempotent
+
+
+def test_missing_newline_and_blank_lines_are_fixed(two_workload_dir):
+    path = os.path.join(two_workload_dir, "database_tuning_record.json")
+    _edit_lines(path, lambda lines: lines[:2] + ["", "  "] + lines[2:])
+    with open(path, "rb+") as f:
+        f.truncate(os.path.getsize(path) - 1)  # no final newline
+    check = check_work_dir(two_workload_dir)
+    assert check.records.newline_added and check.records.blank_removed == 2
+    assert check.records.lines == 7
+    assert len(ms.database.JSONDatabase(work_dir=two_workload_dir).get_all_tuning_records()) == 7
+
+
+def test_corrupt_middle_line_names_file_and_line_then_repair_keeps_the_rest(two_workload_dir):
+    path = os.path.join(two_workload_dir, "database_tuning_record.json")
+    _edit_lines(path, lambda lines: lines[:4] + [lines[4][:60]] + lines[5:])
+    with open(path, encoding="utf-8") as f:
+        original = f.read()
+    with pytest.raises(DatabaseFileError, match=r"database_tuning_record.json, line 5: not valid"):
+        check_work_dir(two_workload_dir)
+    with open(path, encoding="utf-8") as f:
+        assert f.read() == original  # an error changes nothing
+    check = check_work_dir(two_workload_dir, repair=True)
+    assert check.records.rejected == 1 and check.records.lines == 6
+    with open(path + ".rejected", encoding="utf-8") as f:
+        assert f.read() == original.split("\n")[4] + "\n"
+    database = ms.database.JSONDatabase(work_dir=two_workload_dir)
+    assert len(database.get_all_tuning_records()) == 6
+
+
+def test_corrupt_workload_line_renumbers_the_records_of_later_workloads(
+    two_workload_dir, host_target
+):
+    path = os.path.join(two_workload_dir, "database_workload.json")
+    _edit_lines(path, lambda lines: ["garbage"] + lines[1:])
+    with pytest.raises(DatabaseFileError, match=r"database_workload.json, line 1"):
+        check_work_dir(two_workload_dir)
+    check = check_work_dir(two_workload_dir, repair=True)
+    assert check.workloads.rejected == 1
+    assert check.records.rejected == 3 and check.records.lines == 4  # the SFM records
+    assert check_work_dir(two_workload_dir, deep=True).records.lines == 4
+    database = ms.database.JSONDatabase(work_dir=two_workload_dir)
+    best = database.query_tuning_record(MOD_IR, host_target, "main")
+    assert best is not None and float(best.run_secs[0]) == pytest.approx(1e-5)
+
+
+def test_valid_json_that_metaschedule_cannot_read_is_found_by_the_deep_check(two_workload_dir):
+    path = os.path.join(two_workload_dir, "database_tuning_record.json")
+
+    def break_trace(lines):
+        record = json.loads(lines[5])
+        record[1][0] = [[["NoSuchInstruction", [], [], []]], []]
+        return lines[:5] + [json.dumps(record)] + lines[6:]
+
+    _edit_lines(path, break_trace)
+    assert check_work_dir(two_workload_dir).records.lines == 7  # the shape is right
+    with pytest.raises(DatabaseFileError, match="line 6: MetaSchedule cannot read this record"):
+        check_work_dir(two_workload_dir, deep=True)
