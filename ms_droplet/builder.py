@@ -229,6 +229,9 @@ def _watch_parent(parent_pid: int) -> None:
 
 def _worker_main(fd: int) -> None:
     """Entry point of a worker process: serve ``(fn, args)`` requests until end of input."""
+    # Ctrl-C reaches the whole process group: the tuning process decides when to stop, and
+    # this worker is ended by it (or by _watch_parent), not mid-candidate.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = Connection(fd)
     parent_pid = os.getppid()
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()

@@ -42,6 +42,7 @@ from tvm.s_tir.meta_schedule.search_strategy import (
 
 from ._descent import DescentConfig, DescentCore, Move, Vector
 from ._trace import TraceSpace, replay
+from .interrupt import stop_requested
 from .workdir import acquire_work_dir, release_work_dir
 
 _LOG_PREFIX = "tvm.s_tir.meta_schedule.logging.task_"
@@ -403,6 +404,13 @@ class DropletSearch(PySearchStrategy):
             return None
         try:
             remaining = state.max_trials - state.trials
+            if stop_requested():
+                state.stop_reason = "stopped on request (SIGINT/SIGTERM)"
+                state.phase = "done"
+                self._logger.warning(
+                    "droplet: %s; %d trials measured", state.stop_reason, state.trials
+                )
+                return None
             if remaining <= 0:
                 state.stop_reason = state.stop_reason or "budget spent"
                 return None
@@ -709,8 +717,14 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None
         raise ValueError(
             f"DropletSearch: {name} must be an integer >= {minimum}"
             + (" or None" if allow_none else "")
-            + f", got {value!r}"
+            + f", got {value!r}; {_fix(name)}"
         )
+
+
+def _fix(name: str) -> str:
+    """How to fix a bad option: its default."""
+    default = inspect.signature(DropletSearch.__init__).parameters[name].default
+    return f"pass a valid value or leave it out (default {name}={default!r})"
 
 
 def _check_number(name: str, value, low: float, high: float, low_open: bool, high_open: bool):
@@ -721,4 +735,6 @@ def _check_number(name: str, value, low: float, high: float, low_open: bool, hig
         )
     if not ok:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"DropletSearch: {name} must be a number in {interval}, got {value!r}")
+        raise ValueError(
+            f"DropletSearch: {name} must be a number in {interval}, got {value!r}; {_fix(name)}"
+        )

@@ -420,3 +420,91 @@ def test_valid_json_that_metaschedule_cannot_read_is_found_by_the_deep_check(two
     assert check_work_dir(two_workload_dir).records.lines == 7  # the shape is right
     with pytest.raises(DatabaseFileError, match="line 6: MetaSchedule cannot read this record"):
         check_work_dir(two_workload_dir, deep=True)
+
+
+# ------------------------------------------------------------------ interruption
+def _live_group_members(pgid):
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
+def _wait_for_records(path, count, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                if f.read().count(b"\n") >= count:
+                    return
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.2)
+    raise AssertionError(f"fewer than {count} records after {timeout} s")
+
+
+@pytest.mark.tuning
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+def test_interrupted_mid_batch_then_rerun_resumes(tmp_path, sig):
+    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload as workload
+
+    from ms_droplet._trace import replay
+
+    work_dir = str(tmp_path / "work")
+    path = os.path.join(work_dir, "database_tuning_record.json")
+    command = [sys.executable, "-m", "ms_droplet", "--workload", "GMM:0", "--work-dir"]
+    command += [work_dir, "--num-trials-per-iter", "4", "--no-progress", "--seed", "1"]
+    proc = subprocess.Popen(
+        command + ["--trials", "40"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    _wait_for_records(path, 4, proc)
+    time.sleep(0.3)  # inside the next batch
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C reaches the whole foreground process group
+    else:
+        os.kill(proc.pid, sig)  # the OOM killer, `kill -9`: the main process only
+    output, _ = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130, output
+        assert "interrupted" in output and "Traceback" not in output
+        assert "To resume, run the same command again" in output
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    deadline = time.time() + 15
+    while _live_group_members(proc.pid) and time.time() < deadline:
+        time.sleep(0.5)  # workers notice their parent is gone
+    assert not _live_group_members(proc.pid), "worker processes outlived the run"
+    with open(path, "rb") as f:
+        data = f.read()
+    kept = data[: data.rfind(b"\n") + 1]  # a SIGKILL may tear the last line
+    measured = kept.count(b"\n")
+    assert 4 <= measured < 40
+    # Workers ignore Ctrl-C: no candidate in flight was recorded as a failure.
+    assert all(max(json.loads(line)[1][1]) < FAILED for line in kept.splitlines())
+
+    rerun = subprocess.run(
+        command + ["--trials", "4"], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "exploration 0, descent 4" in rerun.stdout  # the database covers exploration
+    with open(path, "rb") as f:
+        after = f.read()
+    assert after.startswith(kept)  # nothing measured before the interruption is lost
+    assert after.count(b"\n") == measured + 4
+    # No module measured twice, except the descent's deliberate re-measurements.
+    remeasured = int(rerun.stdout.split("re-measured ")[1].split(")")[0])
+    mod = tvm.IRModule({"main": workload("GMM", 0).with_attr("global_symbol", "main")})
+    postprocs = list(ms.postproc.Postproc.create("llvm"))
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    hashes = [replay(mod, r.trace, postprocs, 1).shash for r in database.get_all_tuning_records()]
+    assert None not in hashes
+    assert len(hashes) - len(set(hashes)) <= remeasured
