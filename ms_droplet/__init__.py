@@ -28,23 +28,32 @@ from .registration import STRATEGY_NAME, register
 
 __version__ = "0.1.0.dev0"
 __all__ = [
+    "DatabaseFileError",
     "DropletReport",
     "DropletSearch",
     "FastBuilder",
     "STRATEGY_NAME",
+    "WorkDirBusyError",
+    "check_work_dir",
     "default_exploration_trials",
+    "lock_work_dir",
     "register",
 ]
 
 if TYPE_CHECKING:
     from .builder import FastBuilder
     from .strategy import DropletReport, DropletSearch, default_exploration_trials
+    from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
 _LAZY = {
     "DropletReport": "strategy",
     "DropletSearch": "strategy",
     "default_exploration_trials": "strategy",
     "FastBuilder": "builder",
+    "DatabaseFileError": "workdir",
+    "WorkDirBusyError": "workdir",
+    "check_work_dir": "workdir",
+    "lock_work_dir": "workdir",
 }
 
 

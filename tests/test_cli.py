@@ -21,9 +21,11 @@ def _error_of(argv, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--trials", "0"], "--trials must be >= 1, got 0"),
+        (["--trials", "0"], "--trials must be an integer >= 1, got '0'; give a whole number"),
+        (["--trials", "-5"], "--trials must be an integer >= 1, got '-5'"),
         (["--trials", "x"], "--trials must be an integer >= 1, got 'x'"),
-        (["--exploration-trials", "-3"], "--exploration-trials must be >= 0, got -3"),
+        (["--exploration-trials", "-3"], "--exploration-trials must be an integer >= 0, got '-3'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
         (["--strategy", "annealing"], "invalid choice: 'annealing'"),
     ],
 )

@@ -508,3 +508,47 @@ def test_interrupted_mid_batch_then_rerun_resumes(tmp_path, sig):
     hashes = [replay(mod, r.trace, postprocs, 1).shash for r in database.get_all_tuning_records()]
     assert None not in hashes
     assert len(hashes) - len(set(hashes)) <= remeasured
+
+
+# ------------------------------------------------------------------ bad options
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"p_value": 1.0}, r"p_value must be a number in \(0.0, 1.0\), got 1.0; pass a valid"),
+        ({"p_value": -0.5}, r"got -0.5; pass a valid value or leave it out \(default p_value=0.05"),
+        ({"exploration_trials": -4}, r"exploration_trials must be an integer >= 0 or None, got -4"),
+        ({"exploration_trials": 2.5}, r"got 2.5; pass a valid value or leave it out"),
+    ],
+)
+def test_bad_droplet_options_say_rule_value_and_fix(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DropletSearch(**kwargs)
+
+
+def test_zero_budget_is_named_in_the_log(host_target, droplet_log):
+    strategy = DropletSearch()
+    batches, _ = drive(strategy, host_target, 0, 4)
+    assert batches == []
+    assert (
+        "this task's budget is 0 trials: nothing will be measured (give tune_tir/tune_relax "
+        "a max_trials_global of at least 1)" in droplet_log.text()
+    )
+    (report,) = strategy.reports
+    assert report.trials == 0
+
+
+def test_cli_names_a_corrupt_line_and_repair_fixes_it(two_workload_dir, capsys):
+    from ms_droplet.cli import main
+
+    path = os.path.join(two_workload_dir, "database_tuning_record.json")
+    _edit_lines(path, lambda lines: lines[:2] + ["{not json"] + lines[2:])
+    with pytest.raises(SystemExit) as info:
+        main(["--trials", "2", "--work-dir", two_workload_dir, "--no-progress"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "database_tuning_record.json, line 3: not valid JSON" in err
+    assert f"ms-droplet repair --work-dir {two_workload_dir}" in err
+    assert main(["repair", "--work-dir", two_workload_dir]) == 0
+    out = capsys.readouterr().out
+    assert "database_tuning_record.json: 7 lines kept; 1 malformed lines (3) moved to" in out
+    assert len(ms.database.JSONDatabase(work_dir=two_workload_dir).get_all_tuning_records()) == 7
