@@ -552,3 +552,32 @@ def test_cli_names_a_corrupt_line_and_repair_fixes_it(two_workload_dir, capsys):
     out = capsys.readouterr().out
     assert "database_tuning_record.json: 7 lines kept; 1 malformed lines (3) moved to" in out
     assert len(ms.database.JSONDatabase(work_dir=two_workload_dir).get_all_tuning_records()) == 7
+
+
+@pytest.mark.tuning
+def test_graceful_interrupts_end_a_python_tuning_call_after_the_batch(tmp_path, host_target):
+    import threading
+
+    from ms_droplet.interrupt import graceful_interrupts, stop_requested
+
+    work_dir = str(tmp_path / "work")
+    path = os.path.join(work_dir, "database_tuning_record.json")
+
+    def interrupt_after_first_batch():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if os.path.exists(path) and os.path.getsize(path) > 0:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.1)
+
+    strategy = DropletSearch(exploration_trials=4)
+    threading.Thread(target=interrupt_after_first_batch, daemon=True).start()
+    with graceful_interrupts() as received:
+        _tune(work_dir, host_target, strategy, trials=40, seed=1)
+    assert received == [signal.SIGINT]
+    assert not stop_requested()  # cleared on exit
+    (report,) = strategy.reports
+    assert report.stop_reason == "stopped on request (SIGINT/SIGTERM)"
+    assert 4 <= report.trials < 40
+    assert len(_records(work_dir)) == report.trials  # every batch sent was measured and saved
