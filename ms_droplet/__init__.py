@@ -32,16 +32,20 @@ __all__ = [
     "DropletReport",
     "DropletSearch",
     "FastBuilder",
+    "ModelTuneResult",
     "STRATEGY_NAME",
     "WorkDirBusyError",
     "check_work_dir",
     "default_exploration_trials",
     "lock_work_dir",
+    "pipeline_strategy",
     "register",
+    "tune_model",
 ]
 
 if TYPE_CHECKING:
     from .builder import FastBuilder
+    from .relax import ModelTuneResult, pipeline_strategy, tune_model
     from .strategy import DropletReport, DropletSearch, default_exploration_trials
     from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
@@ -50,6 +54,9 @@ _LAZY = {
     "DropletSearch": "strategy",
     "default_exploration_trials": "strategy",
     "FastBuilder": "builder",
+    "ModelTuneResult": "relax",
+    "pipeline_strategy": "relax",
+    "tune_model": "relax",
     "DatabaseFileError": "workdir",
     "WorkDirBusyError": "workdir",
     "check_work_dir": "workdir",

@@ -30,10 +30,14 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .models import MODEL_NAMES
+
 DEFAULT_WORKLOAD = "GMM:1"
 DEFAULT_TRIALS = 64
 DEFAULT_TRIALS_PER_ITER = 16
 STRATEGIES = ("droplet", "evolutionary", "replay-trace", "replay-func")
+DEFAULT_MODEL_TRIALS = 256
+DEFAULT_LATENCY_ROUNDS = 7
 
 
 class UsageError(ValueError):
@@ -41,17 +45,19 @@ class UsageError(ValueError):
 
 
 def _int_at_least(name: str, minimum: int):
-    """An argparse type: an integer >= ``minimum``, with a message naming the option."""
+    """An argparse type: an integer >= ``minimum``, with a message naming the option, the rule,
+    the value received and the fix."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
+            value = None
+        if value is None or value < minimum:
             raise argparse.ArgumentTypeError(
-                f"{name} must be an integer >= {minimum}, got {text!r}"
-            ) from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{name} must be >= {minimum}, got {value}")
+                f"{name} must be an integer >= {minimum}, got {text!r}; give a whole number of "
+                f"at least {minimum}, or leave {name} out for its default"
+            )
         return value
 
     return parse
@@ -116,12 +122,115 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument(
         "--work-dir",
         default="ms_droplet_work",
-        help="where MetaSchedule's database and logs go (default ./ms_droplet_work); "
-        "rerunning with the same directory starts from its best record",
+        help="where MetaSchedule's database and logs go (default ./ms_droplet_work). "
+        "Rerunning with the same directory resumes: its records count toward exploration, the "
+        "descent starts from its best record, and nothing in it is measured again; --trials "
+        "is the budget of this run. One process at a time (a lock refuses a second one); "
+        "Ctrl-C stops after the batch in flight, keeping every record",
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
     tune.add_argument("-v", "--verbose", action="store_true", help="show MetaSchedule's logs")
+    _add_tune_model_parser(sub)
+    fix = sub.add_parser(
+        "repair",
+        help="make a work_dir's database loadable again: move malformed lines aside",
+        description="Check database_workload.json and database_tuning_record.json of a work_dir "
+        "line by line. Malformed lines move to <file>.rejected (with the records of a rejected "
+        "workload), a torn last line to <file>.torn; every other record is kept.",
+    )
+    fix.add_argument("--work-dir", required=True, help="the work_dir to repair")
+    fix.add_argument(
+        "--deep",
+        action="store_true",
+        help="also parse each line with MetaSchedule (finds valid JSON it cannot read; slower)",
+    )
+    fix.add_argument("-v", "--verbose", action="store_true", help="show the warnings")
     return parser
+
+
+def _model_name(text: str) -> str:
+    """An argparse type: a model of the zoo, with a message listing the valid names."""
+    if text not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown model {text!r}; use one of {', '.join(MODEL_NAMES)} (e.g. --model resnet18)"
+        )
+    return text
+
+
+def _add_tune_model_parser(sub) -> None:
+    model = sub.add_parser(
+        "tune-model",
+        help="tune a whole Relax model of the zoo, compile it and compare it with the untuned "
+        "build",
+        description="Tune every task of a model of ms_droplet.models under one budget, compile "
+        "it with the database, check its output against the untuned build and time both side "
+        "by side.",
+    )
+    model.add_argument(
+        "--model",
+        required=True,
+        type=_model_name,
+        metavar="{" + ",".join(MODEL_NAMES) + "}",
+        help="the model: resnet18 (224x224 images), transformer (one encoder block, "
+        "sequence 128, d_model 512), mlp (784-512-256-10)",
+    )
+    model.add_argument(
+        "--batch-size",
+        type=_int_at_least("--batch-size", 1),
+        default=1,
+        help="batch size of the model input (default 1)",
+    )
+    model.add_argument(
+        "--target",
+        default=None,
+        help='target as JSON, e.g. \'{"kind": "llvm", "mcpu": "znver5", "num-cores": 2}\'; '
+        "default: this machine's CPU (its mcpu and physical cores)",
+    )
+    model.add_argument(
+        "--trials",
+        type=_int_at_least("--trials", 1),
+        default=DEFAULT_MODEL_TRIALS,
+        help=f"global measurement budget, all tasks together (default {DEFAULT_MODEL_TRIALS})",
+    )
+    model.add_argument(
+        "--max-trials-per-task",
+        type=_int_at_least("--max-trials-per-task", 1),
+        default=None,
+        help="cap of one task (default: no cap below --trials)",
+    )
+    model.add_argument(
+        "--num-trials-per-iter",
+        type=_int_at_least("--num-trials-per-iter", 1),
+        default=DEFAULT_TRIALS_PER_ITER,
+        help=f"candidates per measured batch (default {DEFAULT_TRIALS_PER_ITER})",
+    )
+    model.add_argument(
+        "--strategy",
+        default="droplet",
+        choices=STRATEGIES,
+        help="search strategy (default droplet; the others are MetaSchedule's, for comparison)",
+    )
+    model.add_argument(
+        "--builder",
+        default="fast",
+        choices=("fast", "local"),
+        help="fast: ms_droplet.FastBuilder (default); local: MetaSchedule's LocalBuilder",
+    )
+    model.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    model.add_argument(
+        "--work-dir",
+        default="ms_droplet_work",
+        help="where MetaSchedule's database and logs go (default ./ms_droplet_work)",
+    )
+    model.add_argument(
+        "--latency-rounds",
+        type=_int_at_least("--latency-rounds", 1),
+        default=DEFAULT_LATENCY_ROUNDS,
+        help="interleaved timing rounds of the untuned and tuned builds; the medians are "
+        f"compared (default {DEFAULT_LATENCY_ROUNDS})",
+    )
+    model.add_argument("--no-progress", action="store_true", help="no progress bar")
+    model.add_argument("-v", "--verbose", action="store_true", help="show MetaSchedule's logs")
 
 
 @dataclass
@@ -216,7 +325,9 @@ def tune(args: argparse.Namespace) -> TuneResult:
     else:
         strategy = args.strategy
     os.makedirs(args.work_dir, exist_ok=True)
-    progress = _Progress(args.trials, enabled=not args.no_progress)
+    progress = _Progress(
+        args.trials, enabled=not args.no_progress, strategy_stops=args.strategy == "droplet"
+    )
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [progress.callback]
     builder = FastBuilder() if args.builder == "fast" else "local"
     start = time.perf_counter()
@@ -229,7 +340,7 @@ def tune(args: argparse.Namespace) -> TuneResult:
             num_trials_per_iter=args.num_trials_per_iter,
             strategy=strategy,
             builder=builder,
-            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
+            runner=default_runner(),
             measure_callbacks=callbacks,
             seed=args.seed,
         )
@@ -260,6 +371,17 @@ def tune(args: argparse.Namespace) -> TuneResult:
     )
 
 
+def default_runner():
+    """The CLI's runner: a ``LocalRunner`` with :func:`default_evaluator_config`, whose worker
+    ignores Ctrl-C (the tuning process stops after the batch in flight; see
+    :mod:`ms_droplet.interrupt`)."""
+    from tvm.s_tir.meta_schedule.runner import LocalRunner  # pylint: disable=import-outside-toplevel
+
+    from .interrupt import ignore_interrupts  # pylint: disable=import-outside-toplevel
+
+    return LocalRunner(evaluator_config=default_evaluator_config(), initializer=ignore_interrupts)
+
+
 def default_evaluator_config():
     """The runner settings of the CLI and the benchmarks: three timings per call.
 
@@ -276,11 +398,16 @@ def default_evaluator_config():
 class _Progress:
     """A tqdm bar over trials, fed by a MeasureCallback after each measured batch."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, strategy_stops: bool = False) -> None:
+        """``strategy_stops``: the search strategy ends its tasks itself on a stop request
+        (``DropletSearch`` does); otherwise this callback ends the run after the batch in
+        flight has been saved (the callbacks before it commit the batch to the database)."""
         # pylint: disable=import-outside-toplevel
         from tqdm import tqdm
         from tvm.ir.utils import derived_object
         from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        from .interrupt import stop_requested
 
         self.trials = 0
         self.best = math.inf
@@ -301,6 +428,8 @@ class _Progress:
                 outer.bar.update(len(measure_candidates))
                 if math.isfinite(outer.best):
                     outer.bar.set_postfix_str(f"best {outer.best * 1e6:.2f} us")
+                if stop_requested() and not strategy_stops:
+                    raise KeyboardInterrupt("stop requested")  # the batch is saved already
 
         self.callback = ProgressCallback()
 
@@ -339,6 +468,244 @@ def format_result(result: TuneResult) -> str:
     return "\n".join([line] + [f"{k:<{width}} | {v}" for k, v in rows] + [line])
 
 
+@dataclass
+class ModelRunResult:
+    """What one `tune-model` run found: the tuning result and the side-by-side comparison."""
+
+    model: str
+    batch_size: int
+    tuned: object  # ms_droplet.relax.ModelTuneResult
+    untuned_secs: float
+    tuned_secs: float
+    latency_rounds: int
+    numerics: object  # ms_droplet.relax.OutputComparison
+    wall_secs: float
+
+    @property
+    def speedup(self) -> float:
+        return self.untuned_secs / self.tuned_secs if self.tuned_secs > 0 else math.nan
+
+
+def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
+    """Run `tune-model`: tune a zoo model, compile it, check it and time it against untuned."""
+    # pylint: disable=import-outside-toplevel
+    from . import models
+    from . import relax as droplet_relax
+    from .builder import FastBuilder
+    from .interrupt import stop_requested
+    from .target import parse_target
+
+    if args.max_trials_per_task is not None and args.max_trials_per_task > args.trials:
+        raise UsageError(
+            f"--max-trials-per-task ({args.max_trials_per_task}) must not exceed --trials "
+            f"({args.trials}); lower it or raise --trials"
+        )
+    target = parse_target(args.target)
+    model = models.get_model(args.model, batch_size=args.batch_size)
+    os.makedirs(args.work_dir, exist_ok=True)
+    progress = _Progress(
+        args.trials, enabled=not args.no_progress, strategy_stops=args.strategy == "droplet"
+    )
+    builder = FastBuilder() if args.builder == "fast" else "local"
+    start = time.perf_counter()
+    try:
+        tuned = droplet_relax.tune_model(
+            model.mod,
+            target,
+            args.work_dir,
+            args.trials,
+            strategy=args.strategy,
+            max_trials_per_task=args.max_trials_per_task,
+            num_trials_per_iter=args.num_trials_per_iter,
+            builder=builder,
+            runner=default_runner(),
+            measure_callbacks=[progress.callback],
+            seed=args.seed,
+        )
+    finally:
+        progress.close()
+        if args.builder == "fast":
+            builder.shutdown()
+    if stop_requested():
+        raise KeyboardInterrupt("stopped on request before compiling")  # _guarded reports it
+    untuned = droplet_relax.compile_untuned(tuned.mod, target)
+    arguments = model.random_arguments(seed=args.seed)
+    numerics = droplet_relax.compare_outputs(untuned, tuned.executable, model.entry, arguments)
+    latency = droplet_relax.measure_latency(
+        {"untuned": untuned, "tuned": tuned.executable},
+        model.entry,
+        arguments,
+        rounds=args.latency_rounds,
+    )
+    return ModelRunResult(
+        model=args.model,
+        batch_size=args.batch_size,
+        tuned=tuned,
+        untuned_secs=latency["untuned"].median,
+        tuned_secs=latency["tuned"].median,
+        latency_rounds=args.latency_rounds,
+        numerics=numerics,
+        wall_secs=time.perf_counter() - start,
+    )
+
+
+def _us(secs: float) -> str:
+    return f"{secs * 1e6:.2f}" if math.isfinite(secs) else "-"
+
+
+def _ms(secs: float) -> str:
+    return f"{secs * 1e3:.3f} ms" if math.isfinite(secs) else "-"
+
+
+def format_model_result(result: ModelRunResult, name_width: int = 60) -> str:
+    """The per-task table and the end-to-end comparison printed by `tune-model`."""
+    tuned = result.tuned
+    header = ("task", "weight", "trials", "valid", "best us", "db best us", "applied")
+    rows = []
+    for row in tuned.tasks:
+        name = row.name if len(row.name) <= name_width else row.name[: name_width - 3] + "..."
+        rows.append(
+            (
+                name,
+                f"{row.weight:g}",
+                str(row.trials),
+                str(row.valid),
+                _us(row.best_secs),
+                _us(row.database_best_secs),
+                {True: "yes", False: "no", None: "-"}[row.applied],
+            )
+        )
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells) -> str:
+        first = f"{cells[0]:<{widths[0]}}"
+        rest = " | ".join(f"{c:>{w}}" for c, w in zip(cells[1:], widths[1:]))
+        return f"{first} | {rest}"
+
+    rule = "-" * len(line(header))
+    out = [rule, line(header), rule, *[line(r) for r in rows], rule]
+    missing = tuned.no_valid_trial
+    numerics = result.numerics
+    summary = [
+        ("model", f"{result.model} (batch {result.batch_size})"),
+        ("target", str(tuned.target)),
+        ("strategy", tuned.strategy),
+        ("trials", f"{tuned.trials} of {tuned.max_trials_global} over {len(tuned.tasks)} tasks"),
+        (
+            "no valid trial",
+            f"{len(missing)} task(s): {', '.join(missing)}" if missing else "none",
+        ),
+        (
+            "untuned latency",
+            f"{_ms(result.untuned_secs)} (median of {result.latency_rounds} interleaved rounds)",
+        ),
+        ("tuned latency", f"{_ms(result.tuned_secs)}"),
+        ("speed-up", f"{result.speedup:.2f}x" if math.isfinite(result.speedup) else "-"),
+        (
+            "output vs untuned",
+            f"{'match' if numerics.ok else 'MISMATCH'} (max abs diff {numerics.max_abs_diff:.3g}, "
+            f"max rel diff {numerics.max_rel_diff:.3g}; rtol {numerics.rtol:g}, "
+            f"atol {numerics.atol:g})",
+        ),
+        ("tuning time", f"{tuned.tune_secs:.1f} s (compile {tuned.compile_secs:.1f} s)"),
+        ("wall time", f"{result.wall_secs:.1f} s"),
+        ("database", os.path.join(tuned.work_dir, "database_tuning_record.json")),
+    ]
+    width = max(len(k) for k, _ in summary)
+    out += [f"{k:<{width}} | {v}" for k, v in summary]
+    return "\n".join(out)
+
+
+class _Interrupted(Exception):
+    """The run was stopped by SIGINT (Ctrl-C) or SIGTERM."""
+
+    def __init__(self, signum: int, work_dir: str) -> None:
+        super().__init__(signum)
+        self.signum, self.work_dir = signum, work_dir
+
+    def message(self) -> str:
+        import signal  # pylint: disable=import-outside-toplevel
+
+        from .workdir import RECORD_FILE  # pylint: disable=import-outside-toplevel
+
+        path = os.path.join(self.work_dir, RECORD_FILE)
+        records = 0
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                records = f.read().count(b"\n")
+        return (
+            f"ms-droplet: interrupted by {signal.Signals(self.signum).name}. {path} keeps every "
+            f"measured record ({records} in all). To "
+            "resume, run the same command again: known records count toward exploration, the "
+            "descent starts from the best one, and nothing measured is measured again."
+        )
+
+
+def _guarded(work_dir: str, run):
+    """Run one tuning command on ``work_dir``: check its database, lock it, stop cleanly.
+
+    A torn last database line (an interrupted write) is recovered with a warning; any other
+    malformed line is a usage error that names the file and line. Another process tuning into
+    ``work_dir`` is a usage error. The first SIGINT or SIGTERM stops the run after the batch in
+    flight (see :mod:`ms_droplet.interrupt`), which then raises :class:`_Interrupted`.
+    """
+    # pylint: disable=import-outside-toplevel
+    from .interrupt import graceful_interrupts
+    from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
+
+    try:
+        check_work_dir(work_dir)
+        lock = lock_work_dir(work_dir)
+        lock.__enter__()
+    except (DatabaseFileError, WorkDirBusyError) as err:
+        raise UsageError(f"--work-dir: {err}") from None
+    try:
+        with graceful_interrupts(" and saving it") as received:
+            try:
+                result = run()
+            except BaseException as err:
+                if received:
+                    raise _Interrupted(received[0], work_dir) from err
+                raise
+            if received:
+                raise _Interrupted(received[0], work_dir)
+            return result
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def repair(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run `repair`: move malformed database lines aside, keep every other record."""
+    from .workdir import WorkDirBusyError, check_work_dir, lock_work_dir  # pylint: disable=import-outside-toplevel
+
+    if not os.path.isdir(args.work_dir):
+        parser.error(f"--work-dir: no such directory {args.work_dir!r}")
+    try:
+        with lock_work_dir(args.work_dir):
+            check = check_work_dir(args.work_dir, repair=True, deep=args.deep)
+    except WorkDirBusyError as err:
+        parser.error(f"--work-dir: {err}")
+    for found in (check.workloads, check.records):
+        if found is None:
+            continue
+        actions = [f"{found.lines} lines kept"]
+        if found.torn_bytes:
+            actions.append(f"torn last line ({found.torn_bytes} bytes) moved to {found.path}.torn")
+        if found.newline_added:
+            actions.append("final newline added")
+        if found.blank_removed:
+            actions.append(f"{found.blank_removed} blank lines removed")
+        if found.rejected:
+            lines = ", ".join(str(n) for n, _ in found.bad_lines[:10])
+            actions.append(
+                f"{found.rejected} malformed lines ({lines}) moved to {found.path}.rejected"
+            )
+        print(f"{found.path}: " + "; ".join(actions))
+    if check.workloads is None and check.records is None:
+        print(f"{args.work_dir}: no database files")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ms-droplet`` and ``python -m ms_droplet``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -352,13 +719,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    if args.command == "repair":
+        return repair(args, parser)
     try:
-        result = tune(args)
+        if args.command == "tune-model":
+            model_result = _guarded(args.work_dir, lambda: tune_model_command(args))
+        else:
+            result = _guarded(args.work_dir, lambda: tune(args))
     except UsageError as err:
         parser.error(str(err))
+    except _Interrupted as stop:
+        print(stop.message(), file=sys.stderr)
+        return 128 + stop.signum
     except ValueError as err:
         if str(err).startswith("--"):
             parser.error(str(err))
         raise
+    if args.command == "tune-model":
+        print(format_model_result(model_result))
+        return 0 if model_result.numerics.ok else 1
     print(format_result(result))
     return 0
