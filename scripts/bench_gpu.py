@@ -1,0 +1,388 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Droplet vs evolutionary search on CUDA kernels, measured side by side on one GPU.
+
+The protocol of ``scripts/bench_kernels.py`` (``shared/docs/benchmark-protocol.md``), on a GPU:
+every strategy and budget is its own tuning run in its own ``work_dir`` with the same seed;
+tuning wall time is clocked; then the best schedule of every run is built and timed in one
+process, interleaved (A B C A B C ...), after a numerics check against a float64 reference on
+the CPU. The ceiling is timed in the same run, in a subprocess: torch's fp32 matmul (cuBLAS)
+or conv2d (cuDNN), with TF32 off.
+
+Kernels: ``matmul`` (1024^3 fp32, ``te_workload.matmul``) and ``c2d`` (``C2D:0`` of
+``te_workload``, ResNet-18's first convolution, NHWC). Runs: ``droplet@T``,
+``evolutionary@T`` and, time allowing (``--time-limit``), ``evolutionary@4T``.
+
+Needs a CUDA GPU (see ``shared/device/README.md`` for the lent machines)::
+
+    python scripts/bench_gpu.py --kernels matmul --trials 64 --out bench_gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+KERNELS = {
+    "matmul": {"te": ("matmul", (1024, 1024, 1024)), "flop": 2 * 1024**3},
+    "c2d": {"te": ("C2D", 0), "flop": None},
+}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", default="matmul,c2d", help="comma-separated: matmul, c2d")
+    parser.add_argument("--trials", type=int, default=64, help="the budget T")
+    parser.add_argument("--trials-per-iter", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-4x", action="store_true", help="skip evolutionary@4T")
+    parser.add_argument(
+        "--time-limit", type=float, default=480.0, help="skip runs that start after this (s)"
+    )
+    parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
+    parser.add_argument("--out", default="bench_gpu", help="output folder")
+    return parser.parse_args(argv)
+
+
+def cuda_target():
+    """The CUDA target of GPU 0, with its arch and limits read from the device."""
+    import tvm
+
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise SystemExit("bench_gpu.py: no CUDA GPU here; run it on a lent GPU machine")
+    arch = "sm_" + str(dev.compute_version).replace(".", "")
+    return tvm.target.Target(
+        {
+            "kind": "cuda",
+            "arch": arch,
+            "max_threads_per_block": int(dev.max_threads_per_block),
+            "max_shared_memory_per_block": int(dev.max_shared_memory_per_block),
+            "thread_warp_size": int(dev.warp_size),
+        }
+    )
+
+
+def workload(name):
+    import tvm
+    from tvm.s_tir.meta_schedule.testing import te_workload
+
+    te_name, shape = KERNELS[name]["te"]
+    if te_name == "matmul":
+        func = tvm.te.create_prim_func(list(te_workload.matmul(*shape)))
+    else:
+        func = te_workload.create_te_workload(te_name, shape)
+    return func
+
+
+class Curve:
+    """Best-so-far latency against trials and seconds, fed by a measure callback."""
+
+    def __init__(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        self.start = time.perf_counter()
+        self.points: list[tuple[int, float, float]] = []
+        self.trials = self.failed = 0
+        self.best = math.inf
+        outer = self
+
+        @derived_object
+        class _Callback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
+                for result in results:
+                    secs = [float(x) for x in (result.run_secs or [])]
+                    if result.error_msg is None and secs and max(secs) < 1e9:
+                        outer.best = min(outer.best, sum(secs) / len(secs))
+                    else:
+                        outer.failed += 1
+                outer.trials += len(measure_candidates)
+                outer.points.append(
+                    (outer.trials, time.perf_counter() - outer.start, outer.best * 1e6)
+                )
+
+        self.callback = _Callback()
+
+
+def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
+    from tvm.s_tir import meta_schedule as ms
+
+    from ms_droplet import DropletSearch
+    from ms_droplet.builder import FastBuilder
+    from ms_droplet.cli import default_evaluator_config
+
+    curve = Curve()
+    strat = DropletSearch() if strategy == "droplet" else strategy
+    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [curve.callback]
+    start = time.perf_counter()
+    with FastBuilder() as builder, ms.Profiler() as profiler:
+        database = ms.tune_tir(
+            mod,
+            target,
+            work_dir,
+            max_trials_global=budget,
+            num_trials_per_iter=per_iter,
+            strategy=strat,
+            builder=builder,
+            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
+            measure_callbacks=callbacks,
+            seed=seed,
+        )
+    wall = time.perf_counter() - start
+    sch = ms.tir_integration.compile_tir(database, mod, target)
+    reports = [r.__dict__ for r in getattr(strat, "reports", [])] if strategy == "droplet" else []
+    profile = {k: float(v) for k, v in profiler.get().items()}
+    return sch, wall, curve, profile, reports
+
+
+def random_inputs(func, rng):
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    arrays = []
+    for info in ArgInfo.from_prim_func(func):
+        shape = [int(x) for x in info.shape]
+        arrays.append(rng.uniform(-1, 1, size=shape).astype(str(info.dtype)))
+    return arrays
+
+
+def reference(name, inputs):
+    """The float64 result on the CPU."""
+    if name == "matmul":
+        return inputs[0].astype("float64") @ inputs[1].astype("float64")
+    import torch
+
+    _, _, stride, padding = 7, 3, 2, 3  # C2D:0 is (1, 224, 224, 3, 64, 7, 2, 3)
+    x = torch.from_numpy(inputs[0].astype("float64")).permute(0, 3, 1, 2)
+    w = torch.from_numpy(inputs[1].astype("float64")).permute(3, 2, 0, 1)
+    y = torch.nn.functional.conv2d(x, w, stride=stride, padding=padding)
+    return y.permute(0, 2, 3, 1).numpy()
+
+
+def remeasure(entries, target, rounds, inputs, expected):
+    """Build each run's best schedule; check it; time them interleaved on the GPU."""
+    import tvm
+
+    dev = tvm.cuda(0)
+    timers = []
+    for entry in entries:
+        sch = entry.pop("_sch")
+        entry["correct"] = None
+        if sch is None:
+            timers.append(None)
+            continue
+        lib = tvm.compile(sch.mod, target=target)
+        args = [tvm.runtime.tensor(a, dev) for a in inputs]
+        args[-1] = tvm.runtime.tensor(np.zeros_like(inputs[-1]), dev)
+        lib(*args)
+        dev.sync()
+        out = args[-1].numpy()
+        scale = float(np.abs(expected).max())
+        entry["max_abs_err"] = float(np.abs(out - expected).max())
+        entry["correct"] = bool(np.allclose(out, expected, rtol=1e-3, atol=1e-4 * scale))
+        timers.append(
+            (lib.jit().time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=50), args)
+        )
+    samples: list[list[float]] = [[] for _ in entries]
+    for _ in range(rounds):
+        for i, timer in enumerate(timers):
+            if timer is not None:
+                func, args = timer
+                samples[i].append(func(*args).mean)
+    for entry, times in zip(entries, samples):
+        if times:
+            entry["median_us"] = statistics.median(times) * 1e6
+            q = np.percentile(times, [25, 75])
+            entry["iqr_us"] = float(q[1] - q[0]) * 1e6
+        else:
+            entry["median_us"] = None
+
+
+_TORCH_CEILING = """
+import json, statistics, sys, torch
+torch.backends.cuda.matmul.allow_tf32 = False
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cudnn.benchmark = True
+kind, rounds = sys.argv[1], int(sys.argv[2])
+dev = "cuda"
+if kind == "matmul":
+    a = torch.rand(1024, 1024, device=dev); b = torch.rand(1024, 1024, device=dev)
+    op = lambda: torch.matmul(a, b)
+else:
+    x = torch.rand(1, 3, 224, 224, device=dev); w = torch.rand(64, 3, 7, 7, device=dev)
+    op = lambda: torch.nn.functional.conv2d(x, w, stride=2, padding=3)
+for _ in range(20):
+    op()
+torch.cuda.synchronize()
+times = []
+for _ in range(rounds):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    n = 50
+    start.record()
+    for _ in range(n):
+        op()
+    end.record()
+    torch.cuda.synchronize()
+    times.append(start.elapsed_time(end) / n * 1e3)
+print(json.dumps({"median_us": statistics.median(times), "torch": torch.__version__,
+                  "cublas_or_cudnn": "cuDNN " + str(torch.backends.cudnn.version())
+                  if kind != "matmul" else "cuBLAS"}))
+"""
+
+
+def torch_ceiling(kind, rounds):
+    """torch's fp32 time (TF32 off) in a subprocess, or None with the reason."""
+    out = subprocess.run(
+        [sys.executable, "-c", _TORCH_CEILING, kind, str(rounds)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def setup_record(args, target):
+    import tvm
+
+    gpu = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "gpu": gpu,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "tvm": tvm.__version__,
+        "target": str(target),
+        "cuda_compile_mode": os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc (default)"),
+        "trials": args.trials,
+        "trials_per_iter": args.trials_per_iter,
+        "seed": args.seed,
+        "tuning_evaluator": "number=3, repeat=3, min_repeat_ms=20 (ms_droplet.cli default)",
+        "remeasure": f"{args.rounds} interleaved rounds of time_evaluator(number=20, "
+        "min_repeat_ms=50), median",
+        "cost_model": "xgb (MetaSchedule default)",
+    }
+
+
+def markdown(setup, results):
+    lines = [
+        f"# GPU kernels: droplet vs evolutionary ({setup['gpu']})",
+        "",
+        f"{setup['date']}, TVM {setup['tvm']}, target `{setup['target']}`, seed {setup['seed']}.",
+        "",
+        "| kernel | run | trials | failed | tuning s | best us (re-measured) | vs ceiling "
+        "| correct |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kernel in results:
+        ceiling = kernel["ceiling"].get("median_us")
+        for run in kernel["runs"]:
+            med = run.get("median_us")
+            if not med:
+                reason = run.get("skipped", "no valid schedule")
+                lines.append(f"| {kernel['kernel']} | {run['label']} | {reason} |||||| ")
+                continue
+            ratio = f"{ceiling / med:.2f}x" if ceiling else "-"
+            lines.append(
+                f"| {kernel['kernel']} | {run['label']} | {run['trials']} | {run['failed']} | "
+                f"{run['wall_secs']:.0f} | {med:.2f} | {ratio} | {run['correct']} |"
+            )
+        if ceiling:
+            lines.append(
+                f"| {kernel['kernel']} | torch ({kernel['ceiling'].get('cublas_or_cudnn')}, "
+                f"TF32 off) | - | - | - | {ceiling:.2f} | 1.00x | - |"
+            )
+    lines += ["", "'vs ceiling': torch's time / the run's time (1.00x = as fast as torch)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    target = cuda_target()
+    setup = setup_record(args, target)
+    print(json.dumps(setup, indent=1), flush=True)
+    begin = time.perf_counter()
+    stem = "gpu-" + args.kernels.replace(",", "-")
+    results = []
+    for name in args.kernels.split(","):
+        mod = workload(name)
+        rng = np.random.default_rng(args.seed)
+        inputs = random_inputs(mod, rng)
+        expected = reference(name, inputs)
+        plan = [
+            ("droplet@T", "droplet", args.trials),
+            ("evolutionary@T", "evolutionary", args.trials),
+        ]
+        if not args.no_4x:
+            plan.append(("evolutionary@4T", "evolutionary", 4 * args.trials))
+        runs = []
+        for label, strategy, budget in plan:
+            if time.perf_counter() - begin > args.time_limit:
+                runs.append({"label": label, "skipped": "time limit", "_sch": None})
+                continue
+            work_dir = os.path.join("/tmp", f"bench_gpu_{name}_{label.replace('@', '_')}")
+            sch, wall, curve, profile, reports = tune_one(
+                mod, target, work_dir, strategy, budget, args.trials_per_iter, args.seed
+            )
+            runs.append(
+                {
+                    "label": label,
+                    "trials": curve.trials,
+                    "failed": curve.failed,
+                    "wall_secs": wall,
+                    "tuning_best_us": curve.best * 1e6,
+                    "curve": curve.points,
+                    "profile": profile,
+                    "reports": reports,
+                    "_sch": sch,
+                }
+            )
+            print(
+                f"{name} {label}: {curve.trials} trials, {wall:.0f} s, best "
+                f"{curve.best * 1e6:.2f} us during tuning",
+                flush=True,
+            )
+        remeasure(runs, target, args.rounds, inputs, expected)
+        ceiling = torch_ceiling(name, args.rounds)
+        results.append({"kernel": name, "runs": runs, "ceiling": ceiling})
+        with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
+            json.dump({"setup": setup, "results": results}, f, indent=1, default=str)
+    text = markdown(setup, results)
+    with open(os.path.join(args.out, f"{stem}.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
