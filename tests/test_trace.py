@@ -118,3 +118,54 @@ def test_trace_of_checks_length(host_target, vector_length):
     space = _trace_space(context, spaces[0])
     with pytest.raises(ValueError, match="vector has"):
         space.trace_of(tuple([1] * vector_length))
+
+
+def _cuda(max_threads=1024):
+    return tvm.target.Target(
+        {
+            "kind": "cuda",
+            "arch": "sm_80",
+            "max_threads_per_block": max_threads,
+            "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32,
+        }
+    )
+
+
+@pytest.mark.parametrize("workload", [("SFM", 0), ("GMM", 1)])
+def test_cuda_categoricals_stay_legal_and_every_postprocessor_runs(workload):
+    # SFM: thread extents of cross-thread reductions and bindings are categorical indices;
+    # GMM: unroll and cooperative-fetch vector lanes. Every step-1 neighbor is an in-range index
+    # and every replay applies all CUDA postprocessors (VerifyGPUCode among them).
+    context, spaces = _spaces(*workload, _cuda())
+    names = [type(p).__name__ for p in context.space_generator.postprocs]
+    assert "VerifyGPUCode" in names and "RewriteCooperativeFetch" in names
+    checked = 0
+    for design_space in spaces:
+        space = _trace_space(context, design_space)
+        coords = space.coordinates_at(space.start)
+        for i, coord in enumerate(coords):
+            if coord.kind != "SampleCategorical":
+                continue
+            inst = space.insts[i]
+            count = len(inst.attrs[0])
+            for value in coord.neighbors(space.start[i], 2):
+                assert 0 <= value < count
+                replayed = space.replay(space.start[:i] + (value,) + space.start[i + 1 :])
+                assert replayed.sch is not None or "rejected" in replayed.error
+                checked += 1
+    assert checked > 0
+
+
+def test_cuda_neighbor_breaking_gpu_limits_is_rejected_by_verify_gpu_code():
+    # With at most 64 threads a block, tile neighbors that put more threads in a block exist
+    # and must be rejected by the postprocessors, never measured.
+    context, spaces = _spaces("GMM", 1, _cuda(max_threads=64))
+    space = _trace_space(context, spaces[0])
+    errors = []
+    for i, coord in enumerate(space.coordinates_at(space.start)):
+        for value in coord.neighbors(space.start[i], 2):
+            replayed = space.replay(space.start[:i] + (value,) + space.start[i + 1 :])
+            if replayed.sch is None:
+                errors.append(replayed.error)
+    assert any("VerifyGPUCode" in e for e in errors), errors[:5]
