@@ -43,6 +43,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -351,7 +352,8 @@ def main(argv=None):
             if time.perf_counter() - begin > args.time_limit:
                 runs.append({"label": label, "skipped": "time limit", "_sch": None})
                 continue
-            work_dir = os.path.join("/tmp", f"bench_gpu_{name}_{label.replace('@', '_')}")
+            # A fresh work_dir: droplet would resume from an earlier run's records.
+            work_dir = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
             sch, wall, curve, profile, reports = tune_one(
                 mod, target, work_dir, strategy, budget, args.trials_per_iter, args.seed
             )
@@ -368,6 +370,8 @@ def main(argv=None):
                     "_sch": sch,
                 }
             )
+            with open(os.path.join(args.out, f"{stem}.partial.json"), "w", encoding="utf-8") as f:
+                json.dump([{k: v for k, v in r.items() if k != "_sch"} for r in runs], f)
             print(
                 f"{name} {label}: {curve.trials} trials, {wall:.0f} s, best "
                 f"{curve.best * 1e6:.2f} us during tuning",
