@@ -129,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Ctrl-C stops after the batch in flight, keeping every record",
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_rpc_arguments(tune)
     tune.add_argument("-v", "--verbose", action="store_true", help="show MetaSchedule's logs")
     _add_tune_model_parser(sub)
     fix = sub.add_parser(
@@ -155,6 +156,61 @@ def _model_name(text: str) -> str:
             f"unknown model {text!r}; use one of {', '.join(MODEL_NAMES)} (e.g. --model resnet18)"
         )
     return text
+
+
+def _add_rpc_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--rpc-*``: measure through TVM's RPC tracker instead of on this machine."""
+    group = parser.add_argument_group(
+        "measuring over RPC", "measure on the servers of a TVM RPC tracker (see the README)"
+    )
+    group.add_argument(
+        "--rpc-tracker",
+        default=None,
+        metavar="HOST:PORT",
+        help="the tracker's address (python -m tvm.exec.rpc_tracker); needs --rpc-key",
+    )
+    group.add_argument("--rpc-key", default=None, help="the servers' --key")
+    group.add_argument(
+        "--rpc-session-timeout",
+        type=float,
+        default=30.0,
+        metavar="SEC",
+        help="longest session of one candidate on a server (default 30)",
+    )
+    group.add_argument(
+        "--rpc-parallel",
+        type=_int_at_least("--rpc-parallel", 1),
+        default=None,
+        metavar="N",
+        help="parallel sessions (default: one per server of the key connected now)",
+    )
+
+
+def make_runner(args: argparse.Namespace):
+    """The runner of `tune` / `tune-model`: local, or RPC when ``--rpc-tracker`` is given."""
+    if args.rpc_tracker is None:
+        if args.rpc_key is not None:
+            raise UsageError(
+                f"--rpc-key ({args.rpc_key!r}) needs --rpc-tracker HOST:PORT; give the tracker's "
+                "address, or drop --rpc-key to measure on this machine"
+            )
+        return default_runner()
+    if not args.rpc_key:
+        raise UsageError(
+            "--rpc-tracker needs --rpc-key KEY, the --key its servers were started with "
+            "(python -m tvm.exec.query_rpc_tracker lists them)"
+        )
+    from .rpc import RPCTrackerError, parse_tracker, rpc_runner  # pylint: disable=import-outside-toplevel
+
+    try:
+        return rpc_runner(
+            parse_tracker(args.rpc_tracker),
+            args.rpc_key,
+            session_timeout_sec=args.rpc_session_timeout,
+            max_workers=args.rpc_parallel,
+        )
+    except (ValueError, RPCTrackerError) as err:
+        raise UsageError(str(err)) from None
 
 
 def _add_tune_model_parser(sub) -> None:
@@ -230,6 +286,7 @@ def _add_tune_model_parser(sub) -> None:
         f"compared (default {DEFAULT_LATENCY_ROUNDS})",
     )
     model.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_rpc_arguments(model)
     model.add_argument("-v", "--verbose", action="store_true", help="show MetaSchedule's logs")
 
 
@@ -325,6 +382,7 @@ def tune(args: argparse.Namespace) -> TuneResult:
     else:
         strategy = args.strategy
     os.makedirs(args.work_dir, exist_ok=True)
+    runner = make_runner(args)  # an RPC tracker is checked before anything starts
     progress = _Progress(
         args.trials, enabled=not args.no_progress, strategy_stops=args.strategy == "droplet"
     )
@@ -340,7 +398,7 @@ def tune(args: argparse.Namespace) -> TuneResult:
             num_trials_per_iter=args.num_trials_per_iter,
             strategy=strategy,
             builder=builder,
-            runner=default_runner(),
+            runner=runner,
             measure_callbacks=callbacks,
             seed=args.seed,
         )
@@ -503,6 +561,7 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
     target = parse_target(args.target)
     model = models.get_model(args.model, batch_size=args.batch_size)
     os.makedirs(args.work_dir, exist_ok=True)
+    runner = make_runner(args)  # an RPC tracker is checked before anything starts
     progress = _Progress(
         args.trials, enabled=not args.no_progress, strategy_stops=args.strategy == "droplet"
     )
@@ -518,7 +577,7 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
             max_trials_per_task=args.max_trials_per_task,
             num_trials_per_iter=args.num_trials_per_iter,
             builder=builder,
-            runner=default_runner(),
+            runner=runner,
             measure_callbacks=[progress.callback],
             seed=args.seed,
         )

@@ -1,0 +1,427 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Measuring over TVM's RPC tracker: a real tracker and real servers on 127.0.0.1.
+
+The tuning tests run droplet through ``ms_droplet.rpc.rpc_runner`` and check the JSON database:
+every trial lands, and when a server dies (its whole process group killed mid-session) or
+freezes (SIGSTOP), exactly the candidate it held is recorded as failed and the rest of the run
+goes to the other server.
+"""
+
+import datetime
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import tvm
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+
+from ms_droplet import DropletSearch, FastBuilder
+from ms_droplet.rpc import (
+    RPCTrackerError,
+    TrackerAddress,
+    check_tracker,
+    parse_tracker,
+    query_tracker,
+    rpc_runner,
+    tracker_status,
+)
+from ms_droplet.testing import local_rpc_cluster
+
+FAILED = 1e9  # MetaSchedule records a failed candidate with run_secs [1e10]
+# One timing call of a candidate takes >= 3 x 100 ms, so a session lasts long enough to be
+# caught in the middle.
+SLOW_EVALUATOR = dict(number=1, repeat=3, min_repeat_ms=100, enable_cpu_cache_flush=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A tracker and two servers shared by the tests that leave them running."""
+    with local_rpc_cluster(2, key="ms-droplet-test") as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_cluster():
+    """A tracker and two servers for one test that kills or freezes one of them."""
+    with local_rpc_cluster(2, key="ms-droplet-test") as running:
+        yield running
+
+
+def _records(work_dir):
+    path = os.path.join(work_dir, "database_tuning_record.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _sessions(server):
+    """(started, finished) sessions in a server's log."""
+    with open(server.log_path, encoding="utf-8") as f:
+        text = f.read()
+    return text.count("load_module"), text.count("finish serving")
+
+
+def _session_intervals(server):
+    """(start, end) wall-clock times of the sessions in a server's log."""
+    intervals, start = [], None
+    with open(server.log_path, encoding="utf-8") as f:
+        for line in f:
+            stamp, _, text = line.partition(" INFO ")
+            if not text:
+                continue
+            when = datetime.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if text.startswith("connected from"):
+                start = when
+            elif text.startswith("finish serving") and start is not None:
+                intervals.append((start, when))
+                start = None
+    return intervals
+
+
+@derived_object
+class CollectResults(ms.measure_callback.PyMeasureCallback):
+    """Keeps (wall time, runner error or None) of every measured candidate."""
+
+    def __init__(self):
+        self.results = []
+
+    def apply(self, task_scheduler, task_id, candidates, builder_results, runner_results):
+        for built, ran in zip(builder_results, runner_results):
+            assert built.error_msg is None, built.error_msg
+            self.results.append((time.monotonic(), ran.error_msg))
+
+
+def _tune(work_dir, target, runner, trials, *, per_iter, exploration, seed=3):
+    collect = CollectResults()
+    strategy = DropletSearch(exploration_trials=exploration, population_size=32)
+    with FastBuilder() as builder:
+        database = ms.tune_tir(
+            create_te_workload("GMM", 0),
+            target,
+            work_dir,
+            max_trials_global=trials,
+            num_trials_per_iter=per_iter,
+            strategy=strategy,
+            builder=builder,
+            runner=runner,
+            measure_callbacks=[collect, *ms.measure_callback.MeasureCallback.create("default")],
+            seed=seed,
+        )
+    (report,) = strategy.reports
+    return database, report, collect.results
+
+
+# ------------------------------------------------------------------ addresses and checks
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("127.0.0.1:9190", TrackerAddress("127.0.0.1", 9190)),
+        (" tracker.lab:1 ", TrackerAddress("tracker.lab", 1)),
+        ("[::1]:65535", TrackerAddress("::1", 65535)),
+    ],
+)
+def test_parse_tracker(text, expected):
+    address = parse_tracker(text)
+    assert address == expected
+    assert parse_tracker(str(address)) == address
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "127.0.0.1", ":9190", "host:", "host:0", "host:65536", "host:port", "a b:1", "::1:9"],
+)
+def test_parse_tracker_names_option_rule_value_and_fix(text):
+    with pytest.raises(ValueError) as info:
+        parse_tracker(text)
+    message = str(info.value)
+    assert message.startswith("--rpc-tracker must be HOST:PORT")
+    assert "port from 1 to 65535" in message
+    assert f"got {text!r}" in message
+    assert "e.g. --rpc-tracker 127.0.0.1:9190" in message
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(key=""), r"--rpc-key \(key\) must be a non-empty key without spaces, .* got ''; e"),
+        (dict(key="my board"), r"--rpc-key \(key\) .* got 'my board'"),
+        (dict(session_timeout_sec=0), r"--rpc-session-timeout \(session_timeout_sec\) must be a "),
+        (dict(session_timeout_sec=float("inf")), r"seconds > 0, got inf; give e\.g\. 30"),
+        (dict(max_workers=0), r"--rpc-parallel \(max_workers\) must be an integer >= 1, got 0;"),
+        (dict(candidate_timeout_sec=-1), r"candidate_timeout_sec must be .* got -1"),
+    ],
+)
+def test_rpc_runner_rejects_bad_arguments(kwargs, match):
+    arguments = dict(key="k", check=False) | kwargs
+    key = arguments.pop("key")
+    with pytest.raises(ValueError, match=match):
+        rpc_runner("127.0.0.1:9190", key, **arguments)
+
+
+def test_unreachable_tracker_fails_fast():
+    with socket.socket() as sock:  # a port with nothing listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(RPCTrackerError) as info:
+        rpc_runner(f"127.0.0.1:{port}", "k")
+    assert time.monotonic() - start < 3
+    message = str(info.value)
+    assert f"cannot reach the RPC tracker at 127.0.0.1:{port} within 5 s" in message
+    assert f"python -m tvm.exec.rpc_tracker --host 127.0.0.1 --port {port}" in message
+
+
+def test_silent_or_foreign_listener_is_not_a_tracker():
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        start = time.monotonic()
+        with pytest.raises(RPCTrackerError, match=r"within 0\.5 s \(no answer\)"):
+            query_tracker(silent.getsockname(), timeout_sec=0.5)
+        assert time.monotonic() - start < 2
+    with socket.socket() as foreign:  # answers, but not with the tracker's handshake
+        foreign.bind(("127.0.0.1", 0))
+        foreign.listen(1)
+
+        def answer():
+            conn, _ = foreign.accept()
+            with conn:
+                conn.recv(4)
+                conn.sendall(b"HTTP/1.1 400\r\n\r\n")
+
+        thread = threading.Thread(target=answer)
+        thread.start()
+        with pytest.raises(RPCTrackerError, match=r"answered, but not as a TVM RPC tracker"):
+            query_tracker(foreign.getsockname(), timeout_sec=5)
+        thread.join()
+
+
+def test_tracker_status_and_missing_key(cluster):
+    status = tracker_status(cluster.tracker, cluster.key)
+    assert (status.connected, status.free, status.pending) == (2, 2, 0)
+    assert status.keys == {cluster.key: 2}
+    # The same summary as TVM's own client returns.
+    summary = tvm.rpc.connect_tracker(cluster.host, cluster.port).summary()
+    assert len(summary["server_info"]) == 2
+    assert summary["queue_info"][cluster.key] == {"free": 2, "pending": 0}
+    with pytest.raises(RPCTrackerError) as info:
+        check_tracker(cluster.tracker, "other-board")
+    message = str(info.value)
+    assert "has 0 server(s) of key 'other-board', 1 needed" in message
+    assert f"keys it has: '{cluster.key}' (2)" in message
+    assert f"python -m tvm.exec.rpc_server --tracker {cluster.tracker} --key other-board" in message
+
+
+# ------------------------------------------------------------------ tuning through the tracker
+@pytest.mark.tuning
+def test_droplet_tunes_through_tracker_on_both_servers(cluster, tmp_path, host_target):
+    work_dir = str(tmp_path / "work")
+    runner = rpc_runner(cluster.tracker, cluster.key, session_timeout_sec=20)
+    before = [_sessions(server)[1] for server in cluster.servers]
+    _, report, results = _tune(work_dir, host_target, runner, 16, per_iter=8, exploration=8)
+    records = _records(work_dir)
+    assert len(records) == len(results) == report.trials == 16
+    assert report.exploration == 8 and report.descent == 8
+    assert all(error is None for _, error in results)
+    assert all(max(r[1][1]) < FAILED for r in records)
+    # Both servers served, and at the same time: the runner opened one session per server
+    # (default max_workers).
+    finished = [_sessions(server)[1] - b for server, b in zip(cluster.servers, before)]
+    assert sum(finished) == 16 and min(finished) >= 1, finished
+    first, second = (_session_intervals(server) for server in cluster.servers)
+    overlaps = sum(1 for a in first for b in second if a[0] < b[1] and b[0] < a[1])
+    assert overlaps >= 4, (first, second)
+    # The best record measured over RPC compiles and computes the product.
+    mod = create_te_workload("GMM", 0)
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    sch = ms.tir_integration.compile_tir(database, mod, host_target)
+    lib = tvm.compile(sch.mod, target=host_target)
+    rng = np.random.default_rng(0)
+    x, y = (rng.standard_normal((1, 128, 128), dtype="float32") for _ in range(2))
+    dev = tvm.cpu()
+    z = tvm.runtime.tensor(np.zeros((1, 128, 128), dtype="float32"), dev)
+    lib(tvm.runtime.tensor(x, dev), tvm.runtime.tensor(y, dev), z)
+    np.testing.assert_allclose(z.numpy(), x @ y, rtol=1e-4, atol=1e-4)
+
+
+def _when_serving(server, work_dir, min_records, action):
+    """A thread that runs ``action()`` once ``work_dir`` has ``min_records`` records and
+    ``server`` is in the middle of a session (module loaded, session not finished)."""
+    done = threading.Event()
+    fired_at = []
+
+    path = os.path.join(work_dir, "database_tuning_record.json")
+
+    def committed() -> int:  # complete lines: the file may be written meanwhile
+        if not os.path.exists(path):
+            return 0
+        with open(path, encoding="utf-8") as f:
+            return f.read().count("\n")
+
+    def watch():
+        while not done.is_set():
+            if committed() >= min_records:
+                started, finished = _sessions(server)
+                if started > finished:
+                    action()
+                    fired_at.append(time.monotonic())
+                    return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return done, thread, fired_at
+
+
+@pytest.mark.tuning
+def test_server_killed_mid_run_loses_only_its_candidate(fresh_cluster, tmp_path, host_target):
+    cluster = fresh_cluster
+    work_dir = str(tmp_path / "work")
+    runner = rpc_runner(
+        cluster.tracker,
+        cluster.key,
+        session_timeout_sec=20,
+        evaluator_config=ms.runner.EvaluatorConfig(**SLOW_EVALUATOR),
+    )
+    victim, survivor = cluster.servers
+    done, thread, killed_at = _when_serving(victim, work_dir, 4, victim.kill)
+    try:
+        _, report, results = _tune(work_dir, host_target, runner, 12, per_iter=4, exploration=8)
+    finally:
+        done.set()
+        thread.join()
+    assert killed_at, "the server was never caught in a session"
+    assert not victim.alive() and not victim.group_alive()
+    # Nothing lost: every trial is a record, the budget was spent.
+    records = _records(work_dir)
+    assert len(records) == len(results) == report.trials == 12
+    # Exactly the candidate in the killed session failed, at once (no time-out), ...
+    errors = [(at, error) for at, error in results if error is not None]
+    assert len(errors) == 1, errors
+    ((failed_at, error),) = errors
+    assert error.startswith("RPCRunner: An exception occurred")
+    assert failed_at - killed_at[0] < 15
+    # ... and it is recorded as failed while every other record is a valid measurement.
+    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == 1
+    assert report.failures == 1
+    # The tracker dropped the dead server; the later candidates ran on the survivor.
+    assert cluster.status().connected == 1
+    after = [at for at, error in results if at > killed_at[0] and error is None]
+    assert len(after) >= 4
+    assert _sessions(survivor)[1] >= 12 - _sessions(victim)[1] - 1
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+@pytest.mark.timeout(300)  # without the runner's own limit, this run would never end
+def test_frozen_server_times_out_its_candidate(fresh_cluster, tmp_path, host_target):
+    cluster = fresh_cluster
+    # A server that stops without closing its connections (a hung board): the server-side
+    # session timeout cannot fire, the runner's own limit ends the candidate.
+    work_dir = str(tmp_path / "work")
+    runner = rpc_runner(
+        cluster.tracker,
+        cluster.key,
+        session_timeout_sec=5,
+        candidate_timeout_sec=10,
+        evaluator_config=ms.runner.EvaluatorConfig(**SLOW_EVALUATOR),
+    )
+    frozen = cluster.servers[0]
+    done, thread, frozen_at = _when_serving(
+        frozen, work_dir, 4, lambda: os.killpg(frozen.pid, signal.SIGSTOP)
+    )
+    try:
+        _, report, results = _tune(work_dir, host_target, runner, 12, per_iter=4, exploration=8)
+    finally:
+        done.set()
+        thread.join()
+        os.killpg(frozen.pid, signal.SIGCONT)
+    assert frozen_at
+    records = _records(work_dir)
+    assert len(records) == report.trials == 12
+    errors = [(at, error) for at, error in results if error is not None]
+    assert len(errors) == 1, errors
+    assert errors[0][1].startswith("RPCRunner: Timeout")
+    assert 9 <= errors[0][0] - frozen_at[0] < 40
+    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.tuning
+@pytest.mark.timeout(300)
+def test_no_server_left_fails_each_candidate_after_its_limit(tmp_path, host_target):
+    # The tracker queues requests for a key with no server forever; the runner's limit ends
+    # each candidate, and the run completes with every trial recorded as failed.
+    with local_rpc_cluster(1, key="ms-droplet-test") as cluster:
+        runner = rpc_runner(cluster.tracker, cluster.key, candidate_timeout_sec=4)
+        cluster.servers[0].kill()
+        work_dir = str(tmp_path / "work")
+        start = time.monotonic()
+        _, report, results = _tune(work_dir, host_target, runner, 4, per_iter=4, exploration=4)
+        assert time.monotonic() - start < 120
+        assert len(results) == report.trials == report.failures == 4
+        assert all(error.startswith("RPCRunner: Timeout") for _, error in results)
+        records = _records(work_dir)
+        assert len(records) == 4 and all(max(r[1][1]) >= FAILED for r in records)
+        assert cluster.status().pending >= 1  # the abandoned requests are still queued
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rpc-key", "k"], "--rpc-key ('k') needs --rpc-tracker HOST:PORT"),
+        (["--rpc-tracker", "127.0.0.1:9190"], "--rpc-tracker needs --rpc-key KEY"),
+        (["--rpc-tracker", "nohost", "--rpc-key", "k"], "--rpc-tracker must be HOST:PORT"),
+        (["--rpc-tracker", "127.0.0.1:1", "--rpc-key", "k"], "cannot reach the RPC tracker"),
+        (["--rpc-parallel", "0"], "--rpc-parallel must be an integer >= 1, got '0'"),
+    ],
+)
+def test_cli_rpc_arguments_are_checked(argv, message, tmp_path, capsys):
+    from ms_droplet.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv + ["--trials", "2", "--work-dir", str(tmp_path / "w"), "--no-progress"])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.tuning
+def test_cli_tunes_through_the_tracker(cluster, tmp_path, capsys):
+    from ms_droplet.cli import main
+
+    work_dir = str(tmp_path / "work")
+    argv = ["--workload", "GMM:0", "--trials", "8", "--num-trials-per-iter", "4"]
+    argv += ["--exploration-trials", "4", "--work-dir", work_dir, "--no-progress"]
+    argv += ["--rpc-tracker", f"{cluster.host}:{cluster.port}", "--rpc-key", cluster.key]
+    before = sum(_sessions(server)[0] for server in cluster.servers)
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "trials       | 8" in out
+    records = _records(work_dir)
+    assert len(records) == 8
+    assert all(max(r[1][1]) < 1e9 for r in records)
+    # Every candidate was measured on the servers, none on this machine.
+    assert sum(_sessions(server)[0] for server in cluster.servers) - before == 8
