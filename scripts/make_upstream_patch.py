@@ -1,0 +1,436 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Write (and check) a patch against apache/tvm that adds ``"droplet"`` natively.
+
+The patch is generated from this package's modules, so the two never drift:
+
+* ``ms_droplet/_neighbors.py``, ``_descent.py`` and ``_trace.py`` become private modules of
+  TVM's ``search_strategy`` package (``_droplet_neighbors.py``, ``_droplet_descent.py``,
+  ``_droplet_trace.py``), ``ms_droplet/strategy.py`` becomes ``droplet.py``. Separate modules
+  keep the pure core testable without TVM objects, exactly as here, and keep each file small.
+* Imports are rewritten mechanically; every rewrite must match exactly as often as expected,
+  otherwise generation fails (a change here that the generator does not know is an error, not
+  a silently wrong patch).
+* Two ms_droplet-only concerns are left out: the work_dir lock (``workdir.py``: an ``fcntl``
+  flock, POSIX-only while TVM supports Windows; and a JSONDatabase writer lock belongs in the
+  database, not in one search strategy) and the stop request of ``interrupt.py`` (only the
+  ``ms-droplet`` CLI's signal handlers set it; upstream nothing would).
+* ``search_strategy/__init__.py`` (export) and ``search_strategy.py`` (``SearchStrategy.create``
+  and its ``Literal[...]`` names) are edited with difflib against the installed TVM wheel's
+  copies, which match ``python/tvm/...`` of the repository.
+* The test ``scripts/upstream/test_meta_schedule_droplet_search.py`` goes to
+  ``tests/python/s_tir/meta_schedule/``.
+
+Usage::
+
+    python scripts/make_upstream_patch.py                 # writes build/upstream/droplet.patch
+    python scripts/make_upstream_patch.py --out x.patch
+    python scripts/make_upstream_patch.py --check         # generate, apply, test, lint
+
+``--check`` lays the patched files over a copy of the installed ``tvm`` package (Python files
+copied, everything else symlinked), runs the added test with that ``tvm`` first on
+``PYTHONPATH`` (``TVM_DEVICE_BACKEND_AUTOLOAD=0``, and the run fails if ``ms_droplet`` was
+imported), and lints the new and edited files with ruff under TVM's settings (TVM's
+``pyproject.toml`` ``[tool.ruff]``: E, F, I, UP, RUF; line length 100; py310).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "ms_droplet"
+TEMPLATES = Path(__file__).resolve().parent / "upstream"
+DEFAULT_OUT = ROOT / "build" / "upstream" / "droplet.patch"  # build/ is git-ignored
+
+SS_DIR = "python/tvm/s_tir/meta_schedule/search_strategy"
+TEST_DIR = "tests/python/s_tir/meta_schedule"
+TEST_NAME = "test_meta_schedule_droplet_search.py"
+SS_MODULE = "tvm.s_tir.meta_schedule.search_strategy"
+
+# ms_droplet module -> file in TVM's search_strategy package
+MODULES = {
+    "_neighbors": "_droplet_neighbors.py",
+    "_descent": "_droplet_descent.py",
+    "_trace": "_droplet_trace.py",
+    "strategy": "droplet.py",
+}
+
+# TVM's Python lint: ruff with the [tool.ruff] settings of apache/tvm's pyproject.toml
+# (pre-commit pins ruff v0.12.3; the checks run with the ruff installed here).
+TVM_RUFF_CHECK = [
+    "--isolated",
+    "--line-length=100",
+    "--target-version=py310",
+    "--select=E,F,I,UP,RUF",
+    "--ignore=UP028,UP030,UP031,RUF043,RUF059",
+    "--config=lint.isort.known-first-party=['tvm']",
+    "--config=lint.per-file-ignores={'__init__.py'=['E402','F401','F403','F405']}",
+]
+TVM_RUFF_FORMAT = ["--isolated", "--line-length=100", "--target-version=py310"]
+
+
+class GenerationError(RuntimeError):
+    """A source no longer looks like what the generator knows how to rewrite."""
+
+
+def _installed_tvm() -> Path:
+    spec = subprocess.run(
+        [sys.executable, "-c", "import importlib.util as u; print(u.find_spec('tvm').origin)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TVM_DEVICE_BACKEND_AUTOLOAD": "0"},
+    )
+    return Path(spec.stdout.strip()).parent
+
+
+def _replace(src: str, old: str, new: str, what: str, count: int = 1) -> str:
+    found = src.count(old)
+    if found != count:
+        raise GenerationError(f"{what}: expected {count} occurrence(s) of {old!r}, found {found}")
+    return src.replace(old, new)
+
+
+def _sub(src: str, pattern: str, new: str, what: str, count: int | None = 1) -> str:
+    out, found = re.subn(pattern, new, src, flags=re.MULTILINE)
+    if (count is None and found == 0) or (count is not None and found != count):
+        raise GenerationError(f"{what}: pattern {pattern!r} matched {found} time(s)")
+    return out
+
+
+def _drop_function(src: str, name: str) -> str:
+    """Remove a top-level function and the blank lines after it."""
+    tree = ast.parse(src)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            lines = src.splitlines(keepends=True)
+            end = node.end_lineno
+            while end < len(lines) and not lines[end].strip():
+                end += 1
+            return "".join(lines[: node.lineno - 1] + lines[end:])
+    raise GenerationError(f"no top-level function {name!r} to drop")
+
+
+def _drop_import_if_unused(src: str, module: str) -> str:
+    line = f"import {module}\n"
+    if line in src and f"{module}." not in src.replace(line, ""):
+        return src.replace(line, "", 1)
+    return src
+
+
+def _common(src: str, what: str) -> str:
+    """Rewrites shared by every module: package-internal names and lint comments."""
+    for ours, theirs in MODULES.items():
+        stem = theirs[:-3]
+        src = re.sub(rf"from \.{ours} import", f"from .{stem} import", src)
+        src = src.replace(f"ms_droplet.{ours}", f".{stem}")
+    src = src.replace("ms_droplet.DropletSearch", ".droplet.DropletSearch")
+    # TVM's isort knows `tvm` as first-party: a blank line between it and third-party imports.
+    src = re.sub(
+        r"^((?:import|from) (?!tvm\b)[a-z]\S*.*\n)((?:import|from) tvm\b)",
+        r"\1\n\2",
+        src,
+        flags=re.M,
+    )
+    # TVM's ruff does not select flake8-blind-except: a `noqa: BLE001` would be RUF100.
+    src = src.replace("# noqa: BLE001 - ", "# ")
+    if "ms_droplet" in src:
+        at = src.index("ms_droplet")
+        raise GenerationError(
+            f"{what}: 'ms_droplet' left after rewriting: {src[at - 60 : at + 40]!r}"
+        )
+    return src
+
+
+def _descent(src: str) -> str:
+    # RUF005 (TVM selects RUF): unpacking instead of tuple concatenation, same tuples.
+    src = _sub(
+        src,
+        r"\b(\w+)\[:(\w+)\] \+ \(([\w\[\]]+),\) \+ \1\[\2 \+ 1 :\]",
+        r"(*\1[:\2], \3, *\1[\2 + 1 :])",
+        "_descent.py",
+        count=2,
+    )
+    return _common(src, "_descent.py")
+
+
+def _strategy(src: str) -> str:
+    what = "strategy.py"
+    src = _replace(
+        src,
+        "from tvm.s_tir.meta_schedule.arg_info import ArgInfo\n"
+        "from tvm.s_tir.meta_schedule.search_strategy import (\n"
+        "    EvolutionarySearch,\n"
+        "    MeasureCandidate,\n"
+        "    PySearchStrategy,\n"
+        ")\n",
+        "",
+        what,
+    )
+    # Relative imports inside TVM's package, after the ms_droplet-internal ones (isort order).
+    src = _replace(
+        src,
+        "from ._descent import",
+        "from ..arg_info import ArgInfo\nfrom ._descent import",
+        what,
+    )
+    src = _replace(
+        src,
+        "from ._trace import TraceSpace, replay\n",
+        "from ._trace import TraceSpace, replay\n"
+        "from .evolutionary_search import EvolutionarySearch\n"
+        "from .search_strategy import MeasureCandidate, PySearchStrategy\n",
+        what,
+    )
+    # interrupt.py: the stop request of the ms-droplet CLI.
+    src = _replace(src, "from .interrupt import stop_requested\n", "", what)
+    src = _sub(
+        src,
+        r"^( +)if stop_requested\(\):\n(?:\1 .*\n)+",
+        "",
+        what,
+    )
+    # workdir.py: the work_dir lock.
+    src = _replace(src, "from .workdir import acquire_work_dir, release_work_dir\n", "", what)
+    src = _sub(
+        src,
+        r"^( +)# Raises WorkDirBusyError.*\n(?:\1#.*\n)*\1lock = _lock_database_dir\(database\)\n"
+        r"\1try:\n\1    (self\._prepare\(.*\))\n\1except BaseException:\n(?:\1    .*\n)+"
+        r"\1self\._state\.lock = lock\n",
+        r"\1\2\n",
+        what,
+    )
+    src = _sub(
+        src, r"^( +)if state\.lock is not None:\n\1    release_work_dir\(state\.lock\)\n", "", what
+    )
+    src = _sub(src, r"^ +self\.lock: .*\n", "", what)
+    src = _drop_function(src, "_lock_database_dir")
+    src = _drop_import_if_unused(src, "os")
+    for gone in ("stop_requested", "release_work_dir", "acquire_work_dir", "lock"):
+        if re.search(rf"\b{gone}\b", src.split('"""', 2)[2]):
+            raise GenerationError(f"{what}: {gone!r} still used after removing the lock/stop")
+    return _common(src, what)
+
+
+def generated_modules() -> dict[str, str]:
+    """TVM repository path -> content of every new module, generated from ms_droplet."""
+    out = {}
+    for ours, theirs in MODULES.items():
+        src = (PKG / f"{ours}.py").read_text()
+        rewrite = {"strategy": _strategy, "_descent": _descent}.get(ours)
+        src = rewrite(src) if rewrite else _common(src, f"{ours}.py")
+        ast.parse(src)
+        out[f"{SS_DIR}/{theirs}"] = src
+    out[f"{TEST_DIR}/{TEST_NAME}"] = _common((TEMPLATES / TEST_NAME).read_text(), TEST_NAME)
+    return out
+
+
+def edited_files(tvm_dir: Path) -> dict[str, tuple[str, str]]:
+    """TVM repository path -> (original, edited) for the files that register ``"droplet"``."""
+    ss = tvm_dir / "s_tir" / "meta_schedule" / "search_strategy"
+    init = (ss / "__init__.py").read_text()
+    new_init = _replace(
+        init,
+        "from .evolutionary_search import EvolutionarySearch\n",
+        "from .droplet import DropletReport, DropletSearch\n"
+        "from .evolutionary_search import EvolutionarySearch\n",
+        "search_strategy/__init__.py",
+    )
+    base = (ss / "search_strategy.py").read_text()
+    what = "search_strategy/search_strategy.py"
+    # Both Literal[...] lists of names (the type alias and create's parameter) get "droplet".
+    edited = _sub(
+        base,
+        r'^( +)((?:kind: )?)Literal\[\n((?:\1    "[a-z-]+",\n)+)\1\]',
+        r'\1\2Literal[\n\3\1    "droplet",\n\1]',
+        what,
+        count=2,
+    )
+    edited = _replace(
+        edited,
+        "        from . import (  # pylint: disable=import-outside-toplevel\n"
+        "            EvolutionarySearch,\n",
+        "        from . import (  # pylint: disable=import-outside-toplevel\n"
+        "            DropletSearch,\n"
+        "            EvolutionarySearch,\n",
+        what,
+    )
+    edited = _sub(
+        edited,
+        r'^(        raise ValueError\(f"Unknown SearchStrategy: \{kind\}"\)\n)',
+        '        if kind == "droplet":\n'
+        "            return DropletSearch(*args, **kwargs)\n"
+        r"\1",
+        what,
+    )
+    return {
+        f"{SS_DIR}/__init__.py": (init, new_init),
+        f"{SS_DIR}/search_strategy.py": (base, edited),
+    }
+
+
+def _diff(path: str, old: str | None, new: str) -> str:
+    if old is None:
+        lines = difflib.unified_diff(
+            [], new.splitlines(keepends=True), "/dev/null", f"b/{path}", n=3
+        )
+        head = f"diff --git a/{path} b/{path}\nnew file mode 100644\n"
+    else:
+        lines = difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+        )
+        head = f"diff --git a/{path} b/{path}\n"
+    body = "".join(lines)
+    if not body.endswith("\n"):
+        raise GenerationError(f"{path}: files must end with a newline")
+    return head + body
+
+
+def make_patch(tvm_dir: Path | None = None) -> str:
+    """The whole patch, as text."""
+    tvm_dir = tvm_dir or _installed_tvm()
+    parts = [_diff(path, old, new) for path, (old, new) in sorted(edited_files(tvm_dir).items())]
+    parts += [_diff(path, None, new) for path, new in sorted(generated_modules().items())]
+    return "".join(parts)
+
+
+def build_tree(tvm_dir: Path, dest: Path) -> Path:
+    """A TVM source-like tree under ``dest``: ``python/tvm`` (copied .py, symlinked rest)."""
+    pkg = dest / "python" / "tvm"
+    for dirpath, dirnames, filenames in os.walk(tvm_dir):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        rel = Path(dirpath).relative_to(tvm_dir)
+        (pkg / rel).mkdir(parents=True, exist_ok=True)
+        for name in filenames:
+            src = Path(dirpath) / name
+            if name.endswith(".py"):
+                shutil.copy2(src, pkg / rel / name)
+            else:
+                os.symlink(src, pkg / rel / name)
+    return dest
+
+
+def apply_patch(patch: Path, tree: Path) -> None:
+    for args in (["--check"], []):
+        subprocess.run(["git", "apply", *args, str(patch)], cwd=tree, check=True)
+
+
+# TVM_DEVICE_BACKEND_AUTOLOAD=0 keeps ms_droplet's `tvm.backends` entry point from running (it
+# would wrap SearchStrategy.create), but it also skips TVM's built-in backends (the CUDA script
+# namespaces that tensor intrinsics need): load those, and only those, by hand.
+_RUNNER = """
+import sys
+import tvm
+from tvm.backend._autoload_backends import _load_builtin_backends
+if not tvm._RUNTIME_ONLY:
+    _load_builtin_backends()
+import pytest
+code = pytest.main(sys.argv[1:])
+assert tvm.__file__.startswith({tree!r}), f"wrong tvm: {{tvm.__file__}}"
+leaked = sorted(m for m in sys.modules if m == "ms_droplet" or m.startswith("ms_droplet."))
+if leaked:
+    print("ms_droplet was imported during the upstream test:", leaked)
+    sys.exit(3)
+sys.exit(code)
+"""
+
+
+def check(patch_text: str, keep: bool = False) -> int:
+    """Apply the patch to a copy of the installed tvm, run the added test and TVM's lint."""
+    tvm_dir = _installed_tvm()
+    tmp = Path(tempfile.mkdtemp(prefix="droplet-upstream-"))
+    try:
+        tree = build_tree(tvm_dir, tmp / "tvm")
+        patch = tmp / "droplet.patch"
+        patch.write_text(patch_text)
+        apply_patch(patch, tree)
+        print(f"check: patch applies to a copy of {tvm_dir} ({tree})")
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(tree / "python"),
+            "TVM_DEVICE_BACKEND_AUTOLOAD": "0",
+        }
+        test = tree / TEST_DIR / TEST_NAME
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _RUNNER.format(tree=str(tree / "python")),
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--durations=5",
+                "--rootdir",
+                str(tree),
+                "-c",
+                os.devnull,
+                str(test),
+            ],
+            cwd=tmp,
+            env=env,
+        )
+        if result.returncode:
+            print(f"check: FAILED: the added test ({test.name}) exit status {result.returncode}")
+            return 1
+        print("check: the added test passes with the patched tvm (ms_droplet not imported)")
+        files = [str(tree / p) for p in re.findall(r"^\+\+\+ b/(\S+)", patch_text, re.M)]
+        ruff = [sys.executable, "-m", "ruff"] if shutil.which("ruff") is None else ["ruff"]
+        lint = subprocess.run([*ruff, "check", *TVM_RUFF_CHECK, *files], cwd=tmp)
+        fmt = subprocess.run([*ruff, "format", "--check", "--diff", *TVM_RUFF_FORMAT, *files])
+        if lint.returncode or fmt.returncode:
+            print("check: FAILED: TVM's ruff settings report the files above")
+            return 1
+        print(
+            f"check: ruff check + ruff format --check (TVM's settings) clean on {len(files)} files"
+        )
+        return 0
+    finally:
+        if keep:
+            print(f"check: tree kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the patch")
+    parser.add_argument(
+        "--check", action="store_true", help="apply to a copy of the installed tvm, test, lint"
+    )
+    parser.add_argument("--keep", action="store_true", help="with --check: keep the temp tree")
+    args = parser.parse_args(argv)
+    text = make_patch()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({text.count(chr(10))} lines)")
+    if args.check:
+        return check(text, keep=args.keep)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

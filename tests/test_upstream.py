@@ -1,0 +1,102 @@
+"""scripts/make_upstream_patch.py: the patch proposing "droplet" to apache/tvm."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "make_upstream_patch.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("make_upstream_patch", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return _load()
+
+
+@pytest.fixture(scope="module")
+def patch_text(gen):
+    return gen.make_patch()
+
+
+def test_patch_has_the_expected_paths(gen, patch_text):
+    ss = "python/tvm/s_tir/meta_schedule/search_strategy"
+    new = set(re.findall(r"^diff --git a/\S+ b/(\S+)\nnew file", patch_text, re.M))
+    edited = set(re.findall(r"^--- a/(\S+)", patch_text, re.M))
+    assert new == {
+        f"{ss}/droplet.py",
+        f"{ss}/_droplet_descent.py",
+        f"{ss}/_droplet_neighbors.py",
+        f"{ss}/_droplet_trace.py",
+        "tests/python/s_tir/meta_schedule/test_meta_schedule_droplet_search.py",
+    }
+    assert edited == {f"{ss}/__init__.py", f"{ss}/search_strategy.py"}
+    assert "ms_droplet" not in patch_text
+    assert '+            "droplet",' in patch_text
+    assert '+        if kind == "droplet":' in patch_text
+    assert "+from .droplet import DropletReport, DropletSearch" in patch_text
+
+
+def test_generated_modules_follow_the_package(gen):
+    """Generation, not copies: the algorithm's code is this package's, only imports differ."""
+    modules = gen.generated_modules()
+    ss = "python/tvm/s_tir/meta_schedule/search_strategy"
+    ours = (ROOT / "ms_droplet" / "_neighbors.py").read_text()
+    assert modules[f"{ss}/_droplet_neighbors.py"] == ours
+    droplet = modules[f"{ss}/droplet.py"]
+    assert "from .search_strategy import MeasureCandidate, PySearchStrategy" in droplet
+    for gone in ("acquire_work_dir", "release_work_dir", "stop_requested", "import os\n"):
+        assert gone not in droplet
+    for name, src in modules.items():
+        compile(src, name, "exec")
+
+
+def test_patch_applies_to_the_installed_wheel(gen, patch_text, tmp_path):
+    tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
+    patch = tmp_path / "droplet.patch"
+    patch.write_text(patch_text)
+    gen.apply_patch(patch, tree)
+    ss = tree / "python/tvm/s_tir/meta_schedule/search_strategy"
+    assert (ss / "droplet.py").is_file()
+    assert 'if kind == "droplet":' in (ss / "search_strategy.py").read_text()
+    # The installed package itself is untouched (its .py files were copied, not linked).
+    installed = gen._installed_tvm() / "s_tir/meta_schedule/search_strategy"
+    assert not (installed / "droplet.py").exists()
+
+
+def test_writes_the_patch_file(tmp_path):
+    out = tmp_path / "droplet.patch"
+    subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], check=True)
+    assert out.read_text().startswith("diff --git a/python/tvm/")
+
+
+def test_a_changed_source_fails_loudly(gen):
+    with pytest.raises(gen.GenerationError):
+        gen._replace("nothing here", "from .interrupt import", "", "demo")
+
+
+@pytest.mark.slow
+def test_check_applies_tests_and_lints(tmp_path):
+    """The full check: patched tvm imports, the added TVM-style test passes, TVM's ruff is clean."""
+    out = tmp_path / "droplet.patch"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "ms_droplet not imported" in result.stdout
+    assert "clean on 7 files" in result.stdout
