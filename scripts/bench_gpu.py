@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -47,6 +46,7 @@ import tempfile
 import time
 
 import numpy as np
+from bench_kernels import Curve, random_args  # the CPU benchmark's, beside this script
 
 KERNELS = {
     "matmul": {"te": ("matmul", (1024, 1024, 1024)), "flop": 2 * 1024**3},
@@ -100,36 +100,6 @@ def workload(name):
     return func
 
 
-class Curve:
-    """Best-so-far latency against trials and seconds, fed by a measure callback."""
-
-    def __init__(self):
-        from tvm.ir.utils import derived_object
-        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-
-        self.start = time.perf_counter()
-        self.points: list[tuple[int, float, float]] = []
-        self.trials = self.failed = 0
-        self.best = math.inf
-        outer = self
-
-        @derived_object
-        class _Callback(PyMeasureCallback):
-            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
-                for result in results:
-                    secs = [float(x) for x in (result.run_secs or [])]
-                    if result.error_msg is None and secs and max(secs) < 1e9:
-                        outer.best = min(outer.best, sum(secs) / len(secs))
-                    else:
-                        outer.failed += 1
-                outer.trials += len(measure_candidates)
-                outer.points.append(
-                    (outer.trials, time.perf_counter() - outer.start, outer.best * 1e6)
-                )
-
-        self.callback = _Callback()
-
-
 def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
     from tvm.s_tir import meta_schedule as ms
 
@@ -159,16 +129,6 @@ def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
     reports = [r.__dict__ for r in getattr(strat, "reports", [])] if strategy == "droplet" else []
     profile = {k: float(v) for k, v in profiler.get().items()}
     return sch, wall, curve, profile, reports
-
-
-def random_inputs(func, rng):
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    arrays = []
-    for info in ArgInfo.from_prim_func(func):
-        shape = [int(x) for x in info.shape]
-        arrays.append(rng.uniform(-1, 1, size=shape).astype(str(info.dtype)))
-    return arrays
 
 
 def reference(name, inputs):
@@ -339,7 +299,7 @@ def main(argv=None):
     for name in args.kernels.split(","):
         mod = workload(name)
         rng = np.random.default_rng(args.seed)
-        inputs = random_inputs(mod, rng)
+        inputs = random_args(mod, rng)
         expected = reference(name, inputs)
         plan = [
             ("droplet@T", "droplet", args.trials),

@@ -95,7 +95,7 @@ class Curve:
 
         self.start = time.perf_counter()
         self.points: list[tuple[int, float, float]] = []
-        self.trials = 0
+        self.trials = self.failed = 0
         self.best = math.inf
         outer = self
 
@@ -103,10 +103,11 @@ class Curve:
         class _Callback(PyMeasureCallback):
             def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
                 for result in results:
-                    if result.error_msg is None and result.run_secs:
-                        secs = [float(x) for x in result.run_secs]
-                        if max(secs) < 1e9:
-                            outer.best = min(outer.best, sum(secs) / len(secs))
+                    secs = [float(x) for x in (result.run_secs or [])]
+                    if result.error_msg is None and secs and max(secs) < 1e9:
+                        outer.best = min(outer.best, sum(secs) / len(secs))
+                    else:
+                        outer.failed += 1
                 outer.trials += len(measure_candidates)
                 outer.points.append(
                     (outer.trials, time.perf_counter() - outer.start, outer.best * 1e6)
