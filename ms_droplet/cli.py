@@ -710,12 +710,17 @@ def _guarded(work_dir: str, run):
     """
     # pylint: disable=import-outside-toplevel
     from .interrupt import graceful_interrupts
-    from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
+    from .workdir import (
+        DatabaseFileError,
+        WorkDirBusyError,
+        acquire_work_dir,
+        check_work_dir,
+        release_work_dir,
+    )
 
     try:
         check_work_dir(work_dir)
-        lock = lock_work_dir(work_dir)
-        lock.__enter__()
+        lock = acquire_work_dir(work_dir)
     except (DatabaseFileError, WorkDirBusyError) as err:
         raise UsageError(f"--work-dir: {err}") from None
     try:
@@ -730,7 +735,7 @@ def _guarded(work_dir: str, run):
                 raise _Interrupted(received[0], work_dir)
             return result
     finally:
-        lock.__exit__(None, None, None)
+        release_work_dir(lock)
 
 
 def repair(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

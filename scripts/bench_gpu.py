@@ -39,14 +39,17 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
-from bench_kernels import Curve, random_args  # the CPU benchmark's, beside this script
+from bench_kernels import (  # the CPU benchmark's, beside this script
+    Curve,
+    random_args,
+    time_interleaved,
+)
 
 KERNELS = {
     "matmul": {"te": ("matmul", (1024, 1024, 1024)), "flop": 2 * 1024**3},
@@ -168,19 +171,7 @@ def remeasure(entries, target, rounds, inputs, expected):
         timers.append(
             (lib.jit().time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=50), args)
         )
-    samples: list[list[float]] = [[] for _ in entries]
-    for _ in range(rounds):
-        for i, timer in enumerate(timers):
-            if timer is not None:
-                func, args = timer
-                samples[i].append(func(*args).mean)
-    for entry, times in zip(entries, samples):
-        if times:
-            entry["median_us"] = statistics.median(times) * 1e6
-            q = np.percentile(times, [25, 75])
-            entry["iqr_us"] = float(q[1] - q[0]) * 1e6
-        else:
-            entry["median_us"] = None
+    time_interleaved(entries, timers, rounds)
 
 
 _TORCH_CEILING = """

@@ -199,6 +199,14 @@ def remeasure(entries, target, rounds, inputs, expected):
         timers.append(
             (lib.jit().time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=50), args)
         )
+    time_interleaved(entries, timers, rounds)
+
+
+def time_interleaved(entries, timers, rounds):
+    """Call every timer once per round, in turn (A B C A B C ...); store median and IQR.
+
+    ``timers[i]`` is ``(time_evaluator function, args)`` for ``entries[i]``, or None.
+    """
     samples: list[list[float]] = [[] for _ in entries]
     for _ in range(rounds):
         for i, timer in enumerate(timers):
