@@ -98,6 +98,7 @@ class _Counters:
     duplicates: int = 0
     failures: int = 0
     moves: int = 0
+    restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class DropletReport:
     stop_reason: str
     descent_search_secs: float
     descent_start_secs: float
+    restarts: int = 0
 
 
 @dataclass
@@ -156,6 +158,8 @@ class _RunState:
         self.search_secs = 0.0  # time spent in this strategy's own descent code
         self.lock: str | None = None  # the work directory lock held until post_tuning
         self.descent_start = math.nan  # mean run time of the descent's starting schedule
+        self.cost_model = None  # handed to each evolutionary exploration round
+        self.optima: set[int] = set()  # hashes of schedules a descent ended on
 
 
 @derived_object
@@ -172,9 +176,13 @@ class DropletSearch(PySearchStrategy):
     understate the spread between calls), unless it is at least ``sure_gain`` faster. A
     neighbor that looks faster but is not yet decided or confirmed is measured again, with the
     incumbent, up to ``max_measurements`` times. The default runner gives one timing per
-    measurement, so the test then needs the re-measurement anyway. The task ends when the whole
-    neighborhood (steps ``1..max_step``) is known without an accepted move, or when its budget
-    is spent.
+    measurement, so the test then needs the re-measurement anyway. A descent ends when the whole
+    neighborhood (steps ``1..max_step``) is known without an accepted move. With budget left the
+    search then *restarts*: one more batch of evolutionary exploration (seeded from the
+    database, which now holds the descent's measurements, and guided by the cost model trained
+    on all of them), then a new descent from the best measured schedule that no earlier descent
+    ended on. The task ends when its budget is spent, after ``max_restarts`` restarts, or when
+    a restart finds nothing new to measure.
 
     Parameters
     ----------
@@ -196,6 +204,9 @@ class DropletSearch(PySearchStrategy):
     sure_gain : float
         A relative gain, in [0, 1], so far above the noise between runner calls (3-9 % here)
         that one call on each side is enough when its timings pass the test (1.0: never).
+    max_restarts : Optional[int]
+        How many times a finished descent may restart with more exploration while budget is
+        left (``None``: until the budget is spent; ``0``: never, leaving the rest unused).
     **evolutionary_options
         Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
         ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
@@ -212,6 +223,7 @@ class DropletSearch(PySearchStrategy):
         min_measurements: int = 2,
         max_measurements: int = 3,
         sure_gain: float = 0.1,
+        max_restarts: int | None = None,
         **evolutionary_options,
     ) -> None:
         _check_int("exploration_trials", exploration_trials, minimum=0, allow_none=True)
@@ -221,6 +233,7 @@ class DropletSearch(PySearchStrategy):
         _check_number("sure_gain", sure_gain, low=0.0, high=1.0, low_open=False, high_open=False)
         _check_int("min_measurements", min_measurements, minimum=1)
         _check_int("max_measurements", max_measurements, minimum=1)
+        _check_int("max_restarts", max_restarts, minimum=0, allow_none=True)
         if max_measurements < min_measurements:
             raise ValueError(
                 f"DropletSearch: max_measurements must be >= min_measurements, got "
@@ -232,10 +245,11 @@ class DropletSearch(PySearchStrategy):
             raise TypeError(
                 f"DropletSearch: unknown option(s) {unknown}; the options are "
                 "exploration_trials, p_value, min_gain, max_step, min_measurements, "
-                "max_measurements, sure_gain and the EvolutionarySearch options "
+                "max_measurements, sure_gain, max_restarts and the EvolutionarySearch options "
                 f"{list(_EVOLUTIONARY_OPTIONS)}"
             )
         self.exploration_trials = exploration_trials
+        self.max_restarts = max_restarts
         self.config = DescentConfig(
             p_value=float(p_value),
             min_gain=float(min_gain),
@@ -329,6 +343,7 @@ class DropletSearch(PySearchStrategy):
             )
             explore = max(0, explore - known)
         state.exploration_budget = explore
+        state.cost_model = cost_model
         self._logger.info(
             "droplet: budget %d trials, exploration %d (evolutionary search), then descent "
             "(p_value=%s, min_gain=%s, max_step=%d, measurements %d..%d, sure_gain=%s)",
@@ -342,12 +357,7 @@ class DropletSearch(PySearchStrategy):
             self.config.sure_gain,
         )
         if explore > 0:
-            inner = EvolutionarySearch(**self.evolutionary_options)
-            inner._initialize_with_tune_context(self._context)  # pylint: disable=protected-access
-            inner.pre_tuning(
-                explore, state.num_trials_per_iter, design_spaces, database, cost_model
-            )
-            state.inner = inner
+            self._start_exploration(state, explore)
         else:
             state.phase = "descent"
         self._state = state
@@ -361,13 +371,15 @@ class DropletSearch(PySearchStrategy):
             c = state.counts
             self._logger.info(
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
-                "re-measurements), %d accepted moves, %d invalid neighbors dropped, %d duplicates "
-                "skipped, %d failed measurements, best %s, %.2f s in descent search; stop: %s",
+                "re-measurements), %d accepted moves, %d restarts, %d invalid neighbors dropped, "
+                "%d duplicates skipped, %d failed measurements, best %s, %.2f s in descent "
+                "search; stop: %s",
                 state.trials,
                 c.exploration,
                 c.descent,
                 c.remeasured,
                 c.moves,
+                c.restarts,
                 c.invalid,
                 c.duplicates,
                 c.failures,
@@ -390,6 +402,7 @@ class DropletSearch(PySearchStrategy):
                     stop_reason=state.stop_reason or "budget spent",
                     descent_search_secs=state.search_secs,
                     descent_start_secs=state.descent_start,
+                    restarts=c.restarts,
                 )
             )
         finally:
@@ -415,15 +428,20 @@ class DropletSearch(PySearchStrategy):
                 state.stop_reason = state.stop_reason or "budget spent"
                 return None
             candidates = None
-            if state.phase == "exploration":
-                candidates = self._explore(state, remaining)
-            if candidates is None and state.phase == "descent":
-                tic = time.perf_counter()
-                if not state.descent_started:
-                    state.descent_started = True
-                    self._start_descent(state)
-                candidates = self._descend(state, min(remaining, state.num_trials_per_iter))
-                state.search_secs += time.perf_counter() - tic
+            # At most one restart per call: a restart whose exploration and descent both come
+            # back empty ends the task instead of looping.
+            for attempt in range(2):
+                if state.phase == "exploration":
+                    candidates = self._explore(state, remaining)
+                if candidates is None and state.phase == "descent":
+                    tic = time.perf_counter()
+                    if not state.descent_started:
+                        state.descent_started = True
+                        self._start_descent(state)
+                    candidates = self._descend(state, min(remaining, state.num_trials_per_iter))
+                    state.search_secs += time.perf_counter() - tic
+                if candidates or attempt or not self._restart(state, remaining):
+                    break
             if not candidates:
                 state.phase = "done"
                 return None
@@ -475,6 +493,7 @@ class DropletSearch(PySearchStrategy):
             min_measurements=self.config.min_measurements,
             max_measurements=self.config.max_measurements,
             sure_gain=self.config.sure_gain,
+            max_restarts=self.max_restarts,
             **self.evolutionary_options,
         )
         twin.reports = self.reports
@@ -505,6 +524,46 @@ class DropletSearch(PySearchStrategy):
         self._finish_exploration(state)
         state.phase = "descent"
         return None
+
+    def _start_exploration(self, state: _RunState, trials: int) -> None:
+        inner = EvolutionarySearch(**self.evolutionary_options)
+        inner._initialize_with_tune_context(self._context)  # pylint: disable=protected-access
+        inner.pre_tuning(
+            trials, state.num_trials_per_iter, state.design_spaces, state.database, state.cost_model
+        )
+        state.inner = inner
+
+    def _restart(self, state: _RunState, remaining: int) -> bool:
+        """After a descent ended with budget left: explore one more batch, then descend anew.
+
+        Returns False (and the task ends) when restarts are used up or impossible.
+        """
+        core = state.core
+        if core is None or not core.incumbent_samples:
+            return False  # no descent ran (nothing to descend on), or its start failed
+        if self.max_restarts is not None and state.counts.restarts >= self.max_restarts:
+            return False
+        shash = state.hash_of.get(core.incumbent)
+        if shash is not None:
+            state.optima.add(shash)
+        state.counts.restarts += 1
+        trials = min(remaining, state.num_trials_per_iter)
+        self._logger.info(
+            "droplet: restart %d: the descent ended (%s) at %s with %d trials left; exploring "
+            "%d more, then descending from the best schedule no descent ended on",
+            state.counts.restarts,
+            state.stop_reason,
+            _fmt_secs(float(np.mean(core.incumbent_samples))),
+            remaining,
+            trials,
+        )
+        state.exploration_budget = state.counts.exploration + trials
+        state.core, state.space, state.hash_of = None, None, {}
+        state.descent_started = False
+        state.stop_reason = None
+        state.phase = "exploration"
+        self._start_exploration(state, trials)
+        return True
 
     def _finish_exploration(self, state: _RunState) -> None:
         if state.inner is not None:
@@ -554,12 +613,15 @@ class DropletSearch(PySearchStrategy):
         ranked = sorted(
             (float(np.mean(samples)), shash)
             for shash, samples in state.measured.items()
-            if shash in state.traces
+            if shash in state.traces and shash not in state.optima
         )
         if ranked:
             start_hash = ranked[0][1]
             start_trace = state.traces[start_hash]
             source = f"the best measured schedule ({len(ranked)} known, database included)"
+        elif state.optima:
+            state.stop_reason = "every measured schedule is where an earlier descent ended"
+            return
         elif state.design_spaces:
             start_trace = state.design_spaces[0].trace
             source = "the design space (nothing measured yet)"
@@ -574,7 +636,7 @@ class DropletSearch(PySearchStrategy):
             return
         start = space.start
         start_samples = state.measured.get(start_hash, []) if start_hash is not None else []
-        if start_samples:
+        if start_samples and math.isnan(state.descent_start):  # the first descent's start
             state.descent_start = float(np.mean(start_samples))
         state.core = DescentCore(
             start,
@@ -586,10 +648,10 @@ class DropletSearch(PySearchStrategy):
         )
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
-            "decisions",
+            "decisions" + (" (no descent ended there before)" if state.optima else ""),
             state.counts.exploration,
             source,
-            _fmt_secs(state.descent_start),
+            _fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
             len(start),
         )
 

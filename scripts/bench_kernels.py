@@ -25,7 +25,13 @@ untuned TVM build otherwise) before its time counts.
 
 Runs per kernel and seed: ``droplet@T``, ``evolutionary@T``, ``evolutionary@4T`` (and
 ``evolutionary@8T`` with ``--with-8x``), and ``postopt@T`` (``tune_tir(post_optimization=True)``,
-TVM's own droplet post-pass; skip it with ``--no-postopt``).
+TVM's own droplet post-pass; skip it with ``--no-postopt``). ``tune_tir(post_optimization=True)``
+is ``tune_tir`` followed by ``PostOpt(work_dir, target).run()`` on the finished work_dir, so
+``postopt@T`` is measured as exactly that: the ``evolutionary@T`` run, whose best is taken
+before the post-pass, then the post-pass on its work_dir, clocked on its own; its tuning time
+is the sum. This saves one evolutionary run per kernel and seed and changes nothing in either.
+
+Results so far are written to ``<out>/kernels.partial.json`` after every kernel and seed.
 
 Examples::
 
@@ -73,17 +79,44 @@ def parse_args(argv=None):
 
 
 def runs_for(trials: int, with_8x: bool, postopt: bool):
-    """(label, strategy, budget, post_optimization) of one kernel and seed."""
+    """(label, strategy, budget, post_optimization) of one kernel and seed.
+
+    With ``post_optimization`` the run is ``evolutionary@T``, and ``postopt@T`` is the
+    post-pass on its finished work_dir (see the module docstring).
+    """
     runs = [
         ("droplet@T", "droplet", trials, False),
-        ("evolutionary@T", "evolutionary", trials, False),
+        ("evolutionary@T", "evolutionary", trials, postopt),
         ("evolutionary@4T", "evolutionary", 4 * trials, False),
     ]
     if with_8x:
         runs.append(("evolutionary@8T", "evolutionary", 8 * trials, False))
-    if postopt:
-        runs.append(("postopt@T", "evolutionary", trials, True))
     return runs
+
+
+def run_post_pass(work_dir, target):
+    """TVM's post-pass on a finished work_dir, as ``tune_tir(post_optimization=True)`` runs it.
+
+    Returns (wall seconds, the best schedule afterwards from a fresh read of the work_dir,
+    the number of records the post-pass added).
+    """
+    import glob
+
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.post_optimization import PostOpt
+
+    def records():
+        return sum(
+            sum(1 for line in open(path, encoding="utf-8") if line.strip())
+            for path in glob.glob(os.path.join(work_dir, "database_tuning_record*.json"))
+        )
+
+    before = records()
+    start = time.perf_counter()
+    PostOpt(work_dir, target).run()
+    wall = time.perf_counter() - start
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    return wall, database, records() - before
 
 
 class Curve:
@@ -116,7 +149,7 @@ class Curve:
         self.callback = _Callback()
 
 
-def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, postopt):
+def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
     """One real tuning run; returns the database, wall seconds, curve, profile, reports."""
     from tvm.s_tir import meta_schedule as ms
 
@@ -141,7 +174,6 @@ def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, postopt):
             runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
             measure_callbacks=callbacks,
             seed=seed,
-            post_optimization=postopt,
         )
     wall = time.perf_counter() - start
     builder.shutdown()
@@ -325,6 +357,13 @@ def summarize(results):
                 "geomean_tuning_time_ratio": float(gmean(wall)),
                 "pairs": len(ratios),
             }
+    shares = [
+        rep["descent_search_secs"] / r["tuning_s"]
+        for r in results
+        for rep in r.get("droplet_reports") or []
+    ]
+    if shares:
+        out["_droplet_search_share_of_wall"] = {"max": max(shares), "mean": float(np.mean(shares))}
     return out
 
 
@@ -363,11 +402,36 @@ def markdown(setup, results, summary):
         "|---|---|---|---|---|",
     ]
     for baseline, s in summary.items():
+        if baseline.startswith("_"):
+            continue
         lines.append(
             f"| {baseline} | {s['geomean_speedup_of_droplet']:.3f} | {s['min_speedup']:.3f} | "
             f"{s['wins']}/{s['ties']}/{s['losses']} | {s['geomean_tuning_time_ratio']:.2f} |"
         )
+    lines += droplet_table(results)
     return "\n".join(lines) + "\n"
+
+
+def droplet_table(results):
+    """What droplet did in each run (its DropletReport), and its search's share of wall time."""
+    lines = [
+        "",
+        "## What droplet did (its DropletReport per run)",
+        "",
+        "| kernel | seed | exploration | descent | re-measured | moves | restarts | "
+        "descent start (us) | best measured (us) | descent search (s) | share of tuning | stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for rep in r.get("droplet_reports") or []:
+            lines.append(
+                f"| {r['kernel']} | {r['seed']} | {rep['exploration']} | {rep['descent']} | "
+                f"{rep['remeasured']} | {rep['moves']} | {rep.get('restarts', 0)} | "
+                f"{rep['descent_start_secs'] * 1e6:.1f} | {rep['best_secs'] * 1e6:.1f} | "
+                f"{rep['descent_search_secs']:.2f} | "
+                f"{rep['descent_search_secs'] / r['tuning_s']:.2%} | {rep['stop_reason']} |"
+            )
+    return lines
 
 
 def plot(results, path):
@@ -431,27 +495,43 @@ def main(argv=None):
                     work_dir = os.path.join(scratch, f"{name}_{index}_{seed}_{label}")
                     print(f"[{kernel} seed {seed}] {label} ({budget} trials) ...", flush=True)
                     database, wall, curve, profile, reports = tune_one(
-                        mod, target, work_dir, strategy, budget, args.trials_per_iter, seed, postopt
+                        mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
                     )
                     sch = ms.tir_integration.compile_tir(database, mod, target)
-                    entries.append(
-                        {
-                            "kernel": kernel,
-                            "seed": seed,
-                            "run": label,
-                            "budget": budget,
-                            "trials_used": curve.trials,
-                            "tuning_s": wall,
-                            "profile_s": profile,
-                            "droplet_reports": reports,
-                            "flop": flop,
-                            "reference": reference,
-                            "curve": curve.points,
-                            "_sch": sch,
-                        }
-                    )
+                    entry = {
+                        "kernel": kernel,
+                        "seed": seed,
+                        "run": label,
+                        "budget": budget,
+                        "trials_used": curve.trials,
+                        "failed_trials": curve.failed,
+                        "tuning_s": wall,
+                        "profile_s": profile,
+                        "droplet_reports": reports,
+                        "flop": flop,
+                        "reference": reference,
+                        "curve": curve.points,
+                        "_sch": sch,
+                    }
+                    entries.append(entry)
+                    if postopt:
+                        print(f"[{kernel} seed {seed}] postopt@T (post-pass) ...", flush=True)
+                        post_wall, post_db, added = run_post_pass(work_dir, target)
+                        entries.append(
+                            dict(
+                                entry,
+                                run="postopt@T",
+                                tuning_s=wall + post_wall,
+                                post_pass_s=post_wall,
+                                post_pass_records=added,
+                                curve=[],
+                                _sch=ms.tir_integration.compile_tir(post_db, mod, target),
+                            )
+                        )
                 remeasure(entries, target, args.rounds, inputs, expected)
                 results.extend(entries)
+                with open(os.path.join(args.out, "kernels.partial.json"), "w") as f:
+                    json.dump({"setup": setup, "results": results}, f, indent=1)
                 for e in entries:
                     print(
                         f"    {e['run']:16s} {e.get('median_us') or float('nan'):9.2f} us  "

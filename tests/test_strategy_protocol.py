@@ -135,11 +135,29 @@ def test_single_call_mode_never_repeats_a_module(host_target):
     assert strategy.reports[0].remeasured == 0
 
 
-def test_stops_at_local_optimum_and_leaves_budget(host_target, droplet_log):
-    batches, _ = drive(DropletSearch(exploration_trials=2, max_step=1), host_target, 2000, 32)
+def test_stops_at_local_optimum_and_leaves_budget_without_restarts(host_target, droplet_log):
+    strategy = DropletSearch(exploration_trials=2, max_step=1, max_restarts=0)
+    batches, _ = drive(strategy, host_target, 2000, 32)
     used = sum(len(b) for b in batches)
     assert used < 2000
     assert "local optimum" in droplet_log.text()
+    assert strategy.reports[0].restarts == 0
+
+
+def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_log):
+    strategy = DropletSearch(exploration_trials=2, max_step=1, max_restarts=2)
+    batches, _ = drive(strategy, host_target, 2000, 8)
+    (report,) = strategy.reports
+    assert report.restarts == 2
+    text = droplet_log.text()
+    assert text.count("local optimum") >= 2
+    assert "restart 1: the descent ended (local optimum" in text
+    assert "restart 2:" in text and "restart 3:" not in text
+    # Each restart explores one more batch: exploration grows past the first 2 trials.
+    assert report.exploration > 2
+    assert "no descent ended there before" in text
+    hashes = [h for batch in batches for h, _ in batch]
+    assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
 
 
 def test_failures_are_counted_and_never_raise(host_target, droplet_log):
