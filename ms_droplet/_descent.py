@@ -230,11 +230,18 @@ class Move:
     p: float | None
 
 
+# Between-call noise is estimated once this many schedules were measured in two calls or more.
+NOISE_MIN_SCHEDULES = 3
+# A gain this many times the between-call noise (its 90th percentile) is sure after one call.
+NOISE_MARGIN = 3.0
+
+
 @dataclass
 class _Observations:
     samples: list[float] = field(default_factory=list)
     measurements: int = 0
     failures: int = 0
+    call_means: list[float] = field(default_factory=list)  # one per successful runner call
 
     @property
     def mean(self) -> float:
@@ -248,7 +255,8 @@ class DescentCore:
     :meth:`observe` (or :meth:`reject` when it cannot be measured), then calls
     :meth:`conclude` once the batch is back. The neighborhood of the incumbent is visited in
     this order: a repetition of the last accepted move, then the other single changes that
-    looked faster than the previous incumbent, applied to the new one (fastest first), then
+    looked faster than the previous incumbent, applied to the new one all at once (when there
+    are two or more) and then one by one (fastest first), then
     every single-coordinate neighbor at step 1 (in an order drawn from ``rng``), then at step
     2, up to ``config.max_step``.
 
@@ -329,6 +337,27 @@ class DescentCore:
             f"{self.config.max_step} are known and none is faster with p <= {self.config.p_value}"
         )
 
+    @property
+    def between_call_noise(self) -> float | None:
+        """The 90th percentile of ``|log(mean of a later call / mean of the first call)|``
+        over the schedules measured in several runner calls; ``None`` while fewer than
+        ``NOISE_MIN_SCHEDULES`` schedules were."""
+        repeated = [o.call_means for o in self._obs.values() if len(o.call_means) >= 2]
+        if len(repeated) < NOISE_MIN_SCHEDULES:
+            return None
+        diffs = [abs(math.log(m / means[0])) for means in repeated for m in means[1:]]
+        return float(np.quantile(diffs, 0.9))
+
+    @property
+    def sure_gain(self) -> float:
+        """The gain that needs no second runner call: ``config.sure_gain`` until the noise
+        between calls is known, then ``NOISE_MARGIN`` times that noise (at least
+        ``config.min_gain``, at most ``config.sure_gain``)."""
+        noise = self.between_call_noise
+        if noise is None:
+            return self.config.sure_gain
+        return min(self.config.sure_gain, max(self.config.min_gain, NOISE_MARGIN * noise))
+
     # -- protocol ------------------------------------------------------------------------------
     def propose(self, max_count: int) -> list[Proposal]:
         """Up to ``max_count`` vectors to measure next; empty when there is nothing to do."""
@@ -368,6 +397,7 @@ class DescentCore:
         finite = [float(s) for s in samples if math.isfinite(s) and s > 0]
         if finite and len(finite) == len(samples):
             obs.samples.extend(finite)
+            obs.call_means.append(float(np.mean(finite)))
         else:
             obs.failures += 1
 
@@ -382,7 +412,9 @@ class DescentCore:
 
         A neighbor is accepted only once it and the incumbent were each measured at least
         ``min_measurements`` times (timings of one runner call are correlated: they
-        underestimate the spread between calls), unless its gain is at least ``sure_gain``.
+        underestimate the spread between calls), unless its gain is at least :attr:`sure_gain`
+        (which shrinks below ``config.sure_gain`` once the re-measurements show the noise
+        between calls to be small, as on GPUs).
         Neighbors that look faster but are not yet significant or not yet confirmed are queued
         for another measurement (the incumbent too) until they have ``max_measurements``.
         """
@@ -391,6 +423,7 @@ class DescentCore:
             return None
         accepted: list[tuple[float, Vector, Verdict]] = []
         contested: list[tuple[float, Vector]] = []
+        sure_gain = self.sure_gain
         for vector in self._neighborhood:
             obs = self._obs.get(vector)
             if obs is None or not obs.samples or vector in self._pending:
@@ -400,7 +433,7 @@ class DescentCore:
             )
             confirmed = (
                 min(obs.measurements, inc.measurements) >= self.config.min_measurements
-                or 1.0 - 1.0 / verdict.speedup >= self.config.sure_gain
+                or 1.0 - 1.0 / verdict.speedup >= sure_gain
             )
             if verdict.outcome is Outcome.ACCEPT and confirmed:
                 accepted.append((obs.mean, vector, verdict))
@@ -460,6 +493,7 @@ class DescentCore:
                     ahead[i] = nxt
             if ahead is not None:
                 ordered.append(tuple(ahead))
+            singles = []
             for vector in promising:
                 diff = [i for i, (a, b) in enumerate(zip(old, vector)) if a != b]
                 if len(diff) != 1 or old[diff[0]] != new[diff[0]]:
@@ -470,7 +504,17 @@ class DescentCore:
                     for step in range(1, self.config.max_step + 1)
                 )
                 if legal:
-                    ordered.append(inc[:i] + (vector[i],) + inc[i + 1 :])
+                    singles.append((i, vector[i]))
+            # All those changes at once (one per coordinate, the fastest first): independent
+            # improvements compound in one trial instead of one batch each.
+            combined, used = list(inc), set()
+            for i, value in singles:
+                if i not in used:
+                    combined[i] = value
+                    used.add(i)
+            if len(used) >= 2:
+                ordered.append(tuple(combined))
+            ordered.extend(inc[:i] + (value,) + inc[i + 1 :] for i, value in singles)
         for step in range(1, self.config.max_step + 1):
             level = []
             for i, coord in enumerate(self._coordinates):

@@ -24,12 +24,23 @@ the CPU. The ceiling is timed in the same run, in a subprocess: torch's fp32 mat
 or conv2d (cuDNN), with TF32 off.
 
 Kernels: ``matmul`` (1024^3 fp32, ``te_workload.matmul``) and ``c2d`` (``C2D:0`` of
-``te_workload``, ResNet-18's first convolution, NHWC). Runs: ``droplet@T``,
+``te_workload``, ResNet-18's first convolution, NHWC). Runs per kernel and seed: ``droplet@T``,
 ``evolutionary@T`` and, time allowing (``--time-limit``), ``evolutionary@4T``.
+
+A lent GPU machine takes at most 10 minutes a command, so the work can be staged: with
+``--work-root DIR`` every run tunes into ``DIR/<kernel>-s<seed>-<run>/`` and leaves its
+``bench_run.json`` there; a run whose folder already has one is not tuned again but reused
+(its records are read back with ``JSONDatabase``). ``--tune-only`` stops after tuning. A last
+call without it (the folders carried over) re-measures every run's winner side by side. Other
+finished runs of the same kernel and seed under the work root (say, a droplet run of earlier
+code, renamed ``matmul-s1-droplet_T_before``) are re-measured with them, under their folder's
+suffix as label: an A/B comparison in one measurement.
 
 Needs a CUDA GPU (see ``shared/device/README.md`` for the lent machines)::
 
     python scripts/bench_gpu.py --kernels matmul --trials 64 --out bench_gpu
+    python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs --tune-only
+    python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -62,7 +74,14 @@ def parse_args(argv=None):
     parser.add_argument("--kernels", default="matmul,c2d", help="comma-separated: matmul, c2d")
     parser.add_argument("--trials", type=int, default=64, help="the budget T")
     parser.add_argument("--trials-per-iter", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds")
+    parser.add_argument(
+        "--runs", default=None, help="only these runs, e.g. evolutionary@4T (default: all)"
+    )
+    parser.add_argument(
+        "--work-root", default=None, help="keep and reuse each run's work_dir under this folder"
+    )
+    parser.add_argument("--tune-only", action="store_true", help="tune; do not re-measure")
     parser.add_argument("--no-4x", action="store_true", help="skip evolutionary@4T")
     parser.add_argument(
         "--time-limit", type=float, default=480.0, help="skip runs that start after this (s)"
@@ -238,7 +257,7 @@ def setup_record(args, target):
         "cuda_compile_mode": os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc (default)"),
         "trials": args.trials,
         "trials_per_iter": args.trials_per_iter,
-        "seed": args.seed,
+        "seeds": [int(x) for x in args.seeds.split(",")],
         "tuning_evaluator": "number=3, repeat=3, min_repeat_ms=20 (ms_droplet.cli default)",
         "remeasure": f"{args.rounds} interleaved rounds of time_evaluator(number=20, "
         "min_repeat_ms=50), median",
@@ -250,11 +269,11 @@ def markdown(setup, results):
     lines = [
         f"# GPU kernels: droplet vs evolutionary ({setup['gpu']})",
         "",
-        f"{setup['date']}, TVM {setup['tvm']}, target `{setup['target']}`, seed {setup['seed']}.",
+        f"{setup['date']}, TVM {setup['tvm']}, target `{setup['target']}`, seeds {setup['seeds']}.",
         "",
-        "| kernel | run | trials | failed | tuning s | best us (re-measured) | vs ceiling "
+        "| kernel | seed | run | trials | failed | tuning s | best us (re-measured) | vs ceiling "
         "| correct |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for kernel in results:
         ceiling = kernel["ceiling"].get("median_us")
@@ -262,20 +281,97 @@ def markdown(setup, results):
             med = run.get("median_us")
             if not med:
                 reason = run.get("skipped", "no valid schedule")
-                lines.append(f"| {kernel['kernel']} | {run['label']} | {reason} |||||| ")
+                lines.append(
+                    f"| {kernel['kernel']} | {kernel['seed']} | {run['label']} | {reason} |||||| "
+                )
                 continue
             ratio = f"{ceiling / med:.2f}x" if ceiling else "-"
             lines.append(
-                f"| {kernel['kernel']} | {run['label']} | {run['trials']} | {run['failed']} | "
-                f"{run['wall_secs']:.0f} | {med:.2f} | {ratio} | {run['correct']} |"
+                f"| {kernel['kernel']} | {kernel['seed']} | {run['label']} | {run['trials']} | "
+                f"{run['failed']} | {run['wall_secs']:.0f} | {med:.2f} | {ratio} | "
+                f"{run['correct']} |"
             )
         if ceiling:
             lines.append(
-                f"| {kernel['kernel']} | torch ({kernel['ceiling'].get('cublas_or_cudnn')}, "
-                f"TF32 off) | - | - | - | {ceiling:.2f} | 1.00x | - |"
+                f"| {kernel['kernel']} | {kernel['seed']} | torch "
+                f"({kernel['ceiling'].get('cublas_or_cudnn')}, TF32 off) | - | - | - | "
+                f"{ceiling:.2f} | 1.00x | - |"
             )
     lines += ["", "'vs ceiling': torch's time / the run's time (1.00x = as fast as torch)."]
     return "\n".join(lines) + "\n"
+
+
+def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
+    """One run's record (with its winner under ``_sch``): tuned now, or reused from the root."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if args.work_root:
+        work_dir = os.path.join(args.work_root, f"{name}-s{seed}-{label.replace('@', '_')}")
+        meta_path = os.path.join(work_dir, "bench_run.json")
+        if os.path.exists(meta_path):
+            with open(meta_path, encoding="utf-8") as f:
+                run = json.load(f)
+            database = ms.database.JSONDatabase(work_dir=work_dir)
+            run["_sch"] = ms.tir_integration.compile_tir(database, mod, target)
+            run["reused"] = True
+            print(f"{name} s{seed} {label}: reused from {work_dir}", flush=True)
+            return run
+        if os.path.exists(work_dir):
+            shutil.rmtree(work_dir)  # an unfinished run: droplet would resume from it
+        os.makedirs(work_dir)
+    else:
+        # A fresh work_dir: droplet would resume from an earlier run's records.
+        work_dir = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
+    if time.perf_counter() - begin > args.time_limit:
+        return {"label": label, "skipped": "time limit", "_sch": None}
+    sch, wall, curve, profile, reports = tune_one(
+        mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
+    )
+    run = {
+        "label": label,
+        "seed": seed,
+        "trials": curve.trials,
+        "failed": curve.failed,
+        "wall_secs": wall,
+        "tuning_best_us": curve.best * 1e6,
+        "curve": curve.points,
+        "profile": profile,
+        "reports": reports,
+    }
+    if args.work_root:
+        with open(os.path.join(work_dir, "bench_run.json"), "w", encoding="utf-8") as f:
+            json.dump(run, f)
+    print(
+        f"{name} s{seed} {label}: {curve.trials} trials, {wall:.0f} s, best "
+        f"{curve.best * 1e6:.2f} us during tuning",
+        flush=True,
+    )
+    run["_sch"] = sch
+    return run
+
+
+def kept_runs(args, name, seed, planned, mod, target):
+    """Finished runs of this kernel and seed under the work root that are not in the plan."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if not args.work_root or not os.path.isdir(args.work_root):
+        return []
+    prefix = f"{name}-s{seed}-"
+    planned_dirs = {prefix + label.replace("@", "_") for label in planned}
+    runs = []
+    for entry in sorted(os.listdir(args.work_root)):
+        work_dir = os.path.join(args.work_root, entry)
+        meta_path = os.path.join(work_dir, "bench_run.json")
+        if not entry.startswith(prefix) or entry in planned_dirs or not os.path.exists(meta_path):
+            continue
+        with open(meta_path, encoding="utf-8") as f:
+            run = json.load(f)
+        run["label"] = entry[len(prefix) :]
+        database = ms.database.JSONDatabase(work_dir=work_dir)
+        run["_sch"] = ms.tir_integration.compile_tir(database, mod, target)
+        run["reused"] = True
+        runs.append(run)
+    return runs
 
 
 def main(argv=None):
@@ -286,53 +382,35 @@ def main(argv=None):
     print(json.dumps(setup, indent=1), flush=True)
     begin = time.perf_counter()
     stem = "gpu-" + args.kernels.replace(",", "-")
+    wanted = set(args.runs.split(",")) if args.runs else None
     results = []
     for name in args.kernels.split(","):
         mod = workload(name)
-        rng = np.random.default_rng(args.seed)
-        inputs = random_args(mod, rng)
-        expected = reference(name, inputs)
-        plan = [
-            ("droplet@T", "droplet", args.trials),
-            ("evolutionary@T", "evolutionary", args.trials),
-        ]
-        if not args.no_4x:
-            plan.append(("evolutionary@4T", "evolutionary", 4 * args.trials))
-        runs = []
-        for label, strategy, budget in plan:
-            if time.perf_counter() - begin > args.time_limit:
-                runs.append({"label": label, "skipped": "time limit", "_sch": None})
+        for seed in setup["seeds"]:
+            plan = [
+                ("droplet@T", "droplet", args.trials),
+                ("evolutionary@T", "evolutionary", args.trials),
+            ]
+            if not args.no_4x:
+                plan.append(("evolutionary@4T", "evolutionary", 4 * args.trials))
+            runs = [
+                tuned_run(args, name, seed, label, strategy, budget, mod, target, begin)
+                for label, strategy, budget in plan
+                if wanted is None or label in wanted
+            ]
+            runs += kept_runs(args, name, seed, {label for label, *_ in plan}, mod, target)
+            if args.tune_only:
                 continue
-            # A fresh work_dir: droplet would resume from an earlier run's records.
-            work_dir = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
-            sch, wall, curve, profile, reports = tune_one(
-                mod, target, work_dir, strategy, budget, args.trials_per_iter, args.seed
-            )
-            runs.append(
-                {
-                    "label": label,
-                    "trials": curve.trials,
-                    "failed": curve.failed,
-                    "wall_secs": wall,
-                    "tuning_best_us": curve.best * 1e6,
-                    "curve": curve.points,
-                    "profile": profile,
-                    "reports": reports,
-                    "_sch": sch,
-                }
-            )
-            with open(os.path.join(args.out, f"{stem}.partial.json"), "w", encoding="utf-8") as f:
-                json.dump([{k: v for k, v in r.items() if k != "_sch"} for r in runs], f)
-            print(
-                f"{name} {label}: {curve.trials} trials, {wall:.0f} s, best "
-                f"{curve.best * 1e6:.2f} us during tuning",
-                flush=True,
-            )
-        remeasure(runs, target, args.rounds, inputs, expected)
-        ceiling = torch_ceiling(name, args.rounds)
-        results.append({"kernel": name, "runs": runs, "ceiling": ceiling})
-        with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
-            json.dump({"setup": setup, "results": results}, f, indent=1, default=str)
+            # Inputs from the seed: each seed's winners are checked on their own random data.
+            inputs = random_args(mod, np.random.default_rng(seed))
+            remeasure(runs, target, args.rounds, inputs, reference(name, inputs))
+            ceiling = torch_ceiling(name, args.rounds)
+            results.append({"kernel": name, "seed": seed, "runs": runs, "ceiling": ceiling})
+            with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
+                json.dump({"setup": setup, "results": results}, f, indent=1, default=str)
+    if args.tune_only:
+        print("tuned; re-measure with the same --work-root and without --tune-only", flush=True)
+        return
     text = markdown(setup, results)
     with open(os.path.join(args.out, f"{stem}.md"), "w", encoding="utf-8") as f:
         f.write(text)

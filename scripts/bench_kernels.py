@@ -31,12 +31,25 @@ is ``tune_tir`` followed by ``PostOpt(work_dir, target).run()`` on the finished 
 before the post-pass, then the post-pass on its work_dir, clocked on its own; its tuning time
 is the sum. This saves one evolutionary run per kernel and seed and changes nothing in either.
 
+The winners of one kernel and seed are re-measured in a fresh process (see
+:func:`measure_fresh`). ``--remeasure RESULTS.json --keep DIR`` re-measures an earlier result set
+that way from its kept work_dirs and rewrites its tables.
+
 Results so far are written to ``<out>/kernels.partial.json`` after every kernel and seed.
+With ``--keep DIR`` every run's work_dir is kept as ``DIR/<kernel>_<index>_<seed>_<run>``.
+
+``--ab RESULTS.json --keep DIR`` compares the droplet of the code at hand with an earlier full
+result set, fairly: for every kernel and seed of ``RESULTS.json`` it tunes ``droplet@T`` again
+(same seed, budget and batch size), then re-measures it side by side, interleaved, with the best
+schedules of that set's runs read back from their kept work_dirs (``evolutionary@T`` from its
+first T records, before the post-pass's; ``postopt@T`` from all of them). Output:
+``<out>/ab.json`` and ``ab.md``.
 
 Examples::
 
     python scripts/bench_kernels.py --smoke
     python scripts/bench_kernels.py --kernels GMM:1,C2D:1 --seeds 1,2,3 --trials 64
+    python scripts/bench_kernels.py --ab out/kernels.json --keep out/runs --out ab_out
 """
 
 from __future__ import annotations
@@ -68,6 +81,16 @@ def parse_args(argv=None):
     parser.add_argument("--no-postopt", action="store_true", help="skip the upstream post-pass")
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--out", default="bench_out", help="output folder")
+    parser.add_argument("--keep", default=None, help="keep every run's work_dir under DIR")
+    parser.add_argument(
+        "--ab", default=None, help="an earlier kernels.json: re-tune droplet@T against it"
+    )
+    parser.add_argument(
+        "--remeasure",
+        default=None,
+        help="an earlier kernels.json: re-measure its runs from the work_dirs under --keep",
+    )
+    parser.add_argument("--measure-spec", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--smoke", action="store_true", help="one kernel, tiny budgets (for CI): ~2 minutes"
     )
@@ -461,12 +484,277 @@ def plot(results, path):
     return True
 
 
+def measure_fresh(kernel, specs, rounds):
+    """Re-measure the best schedules of several work_dirs in a fresh process, interleaved.
+
+    ``specs``: one ``{"work_dir": ..., "first": N or None}`` per run (``first``: only the
+    first N records count). Returns one dict per spec: ``median_us``, ``iqr_us``,
+    ``remeasured_us``, ``correct``. Why a fresh process: timed in the process that had just
+    tuned, some winners ran 1.4-2x slower than in tuning and than in a fresh process, run
+    after run, while others did not (GMM:1 seeds 2-3 of the first full set); a fresh process
+    is also how a tuned kernel is deployed.
+    """
+    import subprocess
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump({"kernel": kernel, "rounds": rounds, "runs": specs}, f)
+        path = f.name
+    try:
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--measure-spec", path],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"measuring {kernel} failed:\n{out.stderr[-3000:]}")
+        with open(path + ".out", encoding="utf-8") as f:
+            return json.load(f)
+    finally:
+        for leftover in (path, path + ".out"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def measure_spec_main(path):
+    """The child of :func:`measure_fresh`: build, check and time; write ``<path>.out``."""
+    import tvm.s_tir.tensor_intrin  # noqa: F401 - as in tuning: registers the intrinsics
+    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
+
+    from ms_droplet.target import host_target
+
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    target = host_target()
+    name, index = spec["kernel"].split(":")
+    mod = _normalize_mod(create_te_workload(name, int(index)))
+    inputs = random_args(mod["main"], np.random.default_rng(0))
+    expected, _ = reference_output(name, mod, target, inputs)
+    entries = [
+        {"_sch": best_of_records(run["work_dir"], mod, run.get("first"))} for run in spec["runs"]
+    ]
+    remeasure(entries, target, spec["rounds"], inputs, expected)
+    with open(path + ".out", "w", encoding="utf-8") as f:
+        json.dump(entries, f)
+
+
+def best_of_records(work_dir, mod, first=None):
+    """The schedule of the fastest valid record of a kept work_dir (of its first ``first``).
+
+    Records are taken in the file's order (``JSONDatabase`` sorts them by run time).
+    """
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    workload = ms.database.Workload(mod)
+    best, best_secs = None, math.inf
+    with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    for line in lines[:first] if first else lines:
+        # A line is [workload index, record]; every record here is of this one workload.
+        record = ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
+        secs = [float(x) for x in (record.run_secs or [])]
+        if secs and max(secs) < 1e9 and sum(secs) / len(secs) < best_secs:
+            best, best_secs = record, sum(secs) / len(secs)
+    if best is None:
+        return None
+    sch = Schedule(mod)
+    best.trace.apply_to_schedule(sch, remove_postproc=False)
+    return sch
+
+
+def ab_main(args, target, setup):
+    """Droplet of the code at hand against an earlier result set (see the module docstring)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
+
+    with open(args.ab, encoding="utf-8") as f:
+        earlier = json.load(f)
+    old = earlier["setup"]
+    pairs = sorted({(r["kernel"], r["seed"]) for r in earlier["results"]}, key=str)
+    order = {k: i for i, k in enumerate(dict.fromkeys(r["kernel"] for r in earlier["results"]))}
+    pairs.sort(key=lambda p: (order[p[0]], p[1]))
+    scratch = tempfile.mkdtemp(prefix="bench_ab_")
+    results = []
+    try:
+        for kernel, seed in pairs:
+            name, index = kernel.split(":")
+            mod = _normalize_mod(create_te_workload(name, int(index)))
+            inputs = random_args(mod["main"], np.random.default_rng(0))
+            expected, _ = reference_output(name, mod, target, inputs)
+            print(f"[{kernel} seed {seed}] droplet@T (this code) ...", flush=True)
+            work_dir = os.path.join(scratch, f"{name}_{index}_{seed}")
+            _, wall, curve, _, reports = tune_one(
+                mod, target, work_dir, "droplet", old["budget_T"], old["trials_per_iter"], seed
+            )
+            entries = [
+                {
+                    "kernel": kernel,
+                    "seed": seed,
+                    "run": "droplet@T (this code)",
+                    "tuning_s": wall,
+                    "trials_used": curve.trials,
+                    "droplet_reports": reports,
+                    "curve": curve.points,
+                    "_spec": {"work_dir": work_dir, "first": None},
+                }
+            ]
+            for label, first, src in [
+                ("droplet@T", None, "droplet@T"),
+                ("evolutionary@T", old["budget_T"], "evolutionary@T"),
+                ("postopt@T", None, "evolutionary@T"),
+                ("evolutionary@4T", None, "evolutionary@4T"),
+            ]:
+                kept = os.path.join(args.keep, f"{name}_{index}_{seed}_{src}")
+                if not os.path.isdir(kept):
+                    continue
+                earlier_run = next(
+                    (
+                        r
+                        for r in earlier["results"]
+                        if (r["kernel"], r["seed"], r["run"]) == (kernel, seed, label)
+                    ),
+                    {},
+                )
+                entries.append(
+                    {
+                        "kernel": kernel,
+                        "seed": seed,
+                        "run": label,
+                        "tuning_s": earlier_run.get("tuning_s"),
+                        "trials_used": earlier_run.get("trials_used"),
+                        "_spec": {"work_dir": kept, "first": first},
+                    }
+                )
+            measured = measure_fresh(kernel, [e.pop("_spec") for e in entries], args.rounds)
+            for entry, fields in zip(entries, measured):
+                entry.update(fields)
+            for e in entries:
+                e["flop"] = float(estimate_tir_flops(mod))
+                print(f"    {e['run']:22s} {e.get('median_us') or math.nan:9.2f} us", flush=True)
+            results.extend(entries)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = {}
+    from scipy.stats import gmean
+
+    for who in ("droplet@T (this code)", "droplet@T"):
+        for baseline in ("evolutionary@T", "evolutionary@4T", "postopt@T", "droplet@T"):
+            if baseline == who:
+                continue
+            ratios = []
+            for kernel, seed in pairs:
+                runs = {r["run"]: r for r in results if (r["kernel"], r["seed"]) == (kernel, seed)}
+                a, b = runs.get(who), runs.get(baseline)
+                if a and b and a.get("median_us") and b.get("median_us") and a["correct"]:
+                    ratios.append(b["median_us"] / a["median_us"])
+            if ratios:
+                summary[f"{who} vs {baseline}"] = {
+                    "geomean_speedup": float(gmean(ratios)),
+                    "min": float(min(ratios)),
+                    "faster": sum(r > 1 for r in ratios),
+                    "pairs": len(ratios),
+                }
+    doc = {"setup": setup, "earlier": args.ab, "results": results, "summary": summary}
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "ab.json"), "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    lines = [
+        "# Droplet of this code against an earlier result set, re-measured side by side",
+        "",
+        f"{setup['date']}, target `{setup['target']}`, earlier set `{args.ab}` "
+        f"(T={old['budget_T']}, seeds {old['seeds']}), {args.rounds} interleaved rounds.",
+        "",
+        "| kernel | seed | run | tuning s | median us | IQR us | correct |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        med = r.get("median_us")
+        lines.append(
+            f"| {r['kernel']} | {r['seed']} | {r['run']} | "
+            f"{r['tuning_s'] if r['tuning_s'] is None else round(r['tuning_s'], 1)} | "
+            f"{'-' if not med else f'{med:.2f}'} | "
+            f"{'-' if not med else format(r['iqr_us'], '.2f')} | {r['correct']} |"
+        )
+    lines += [
+        "",
+        "| comparison | geomean speed-up | min | faster in | pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for key, s in summary.items():
+        lines.append(
+            f"| {key} | {s['geomean_speedup']:.3f} | {s['min']:.3f} | {s['faster']} | "
+            f"{s['pairs']} |"
+        )
+    lines += droplet_table([r for r in results if r.get("droplet_reports")])
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(args.out, "ab.md"), "w", encoding="utf-8") as f:
+        f.write(text)
+    print(text)
+    return 1 if any(r["correct"] is False for r in results) else 0
+
+
+def remeasure_main(args, target):
+    """Re-measure every run of an earlier result set from its kept work_dirs (fresh processes)."""
+    with open(args.remeasure, encoding="utf-8") as f:
+        doc = json.load(f)
+    results = doc["results"]
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["kernel"], r["seed"]), []).append(r)
+    for (kernel, seed), entries in groups.items():
+        name, index = kernel.split(":")
+        specs = []
+        for e in entries:
+            src = "evolutionary@T" if e["run"] == "postopt@T" else e["run"]
+            first = e["trials_used"] if e["run"].startswith("evolutionary") else None
+            specs.append(
+                {
+                    "work_dir": os.path.join(args.keep, f"{name}_{index}_{seed}_{src}"),
+                    "first": first,
+                }
+            )
+        print(f"[{kernel} seed {seed}] re-measuring {len(entries)} runs ...", flush=True)
+        for entry, fields in zip(entries, measure_fresh(kernel, specs, args.rounds)):
+            entry["in_tuning_process_us"] = entry.get("median_us")
+            entry.update(fields)
+            print(
+                f"    {entry['run']:16s} {entry.get('median_us') or math.nan:9.2f} us "
+                f"(in the tuning process: {entry['in_tuning_process_us'] or math.nan:.2f})",
+                flush=True,
+            )
+    doc["setup"]["remeasured"] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "how": "fresh process per kernel and seed, from the kept work_dirs",
+        "rounds": args.rounds,
+    }
+    doc["summary"] = summarize(results)
+    return doc
+
+
+def write_outputs(doc, stem):
+    """JSON, Markdown and PNG of a result set."""
+    setup, results, summary = doc["setup"], doc["results"], doc["summary"]
+    with open(stem + ".json", "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1)
+    with open(stem + ".md", "w", encoding="utf-8") as f:
+        f.write(markdown(setup, results, summary))
+        for kernel, ceiling in (doc.get("numpy_ceiling_us") or {}).items():
+            if ceiling:
+                f.write(f"\nnumpy (OpenBLAS, OPENBLAS_CORETYPE unset) {kernel}: {ceiling:.2f} us\n")
+    plot(results, stem + ".png")
+    print(open(stem + ".md", encoding="utf-8").read())
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.measure_spec:
+        return measure_spec_main(args.measure_spec)
     import logging
 
     import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.analysis import estimate_tir_flops
     from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
     from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
@@ -477,7 +765,15 @@ def main(argv=None):
     target = host_target()
     setup = setup_record(args, target)
     os.makedirs(args.out, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix="bench_kernels_")
+    if (args.ab or args.remeasure) and not args.keep:
+        raise SystemExit("--ab and --remeasure need --keep: the folder of the earlier work_dirs")
+    if args.ab:
+        return ab_main(args, target, setup)
+    if args.remeasure:
+        doc = remeasure_main(args, target)
+        write_outputs(doc, os.path.join(args.out, "kernels"))
+        return 1 if any(r["correct"] is False for r in doc["results"]) else 0
+    scratch = args.keep or tempfile.mkdtemp(prefix="bench_kernels_")
     results = []
     ceilings = {}
     try:
@@ -494,10 +790,9 @@ def main(argv=None):
                 ):
                     work_dir = os.path.join(scratch, f"{name}_{index}_{seed}_{label}")
                     print(f"[{kernel} seed {seed}] {label} ({budget} trials) ...", flush=True)
-                    database, wall, curve, profile, reports = tune_one(
+                    _, wall, curve, profile, reports = tune_one(
                         mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
                     )
-                    sch = ms.tir_integration.compile_tir(database, mod, target)
                     entry = {
                         "kernel": kernel,
                         "seed": seed,
@@ -511,12 +806,13 @@ def main(argv=None):
                         "flop": flop,
                         "reference": reference,
                         "curve": curve.points,
-                        "_sch": sch,
+                        # Its own records only: the post-pass appends to this work_dir.
+                        "_spec": {"work_dir": work_dir, "first": curve.trials},
                     }
                     entries.append(entry)
                     if postopt:
                         print(f"[{kernel} seed {seed}] postopt@T (post-pass) ...", flush=True)
-                        post_wall, post_db, added = run_post_pass(work_dir, target)
+                        post_wall, _, added = run_post_pass(work_dir, target)
                         entries.append(
                             dict(
                                 entry,
@@ -525,10 +821,12 @@ def main(argv=None):
                                 post_pass_s=post_wall,
                                 post_pass_records=added,
                                 curve=[],
-                                _sch=ms.tir_integration.compile_tir(post_db, mod, target),
+                                _spec={"work_dir": work_dir, "first": None},
                             )
                         )
-                remeasure(entries, target, args.rounds, inputs, expected)
+                measured = measure_fresh(kernel, [e.pop("_spec") for e in entries], args.rounds)
+                for entry, fields in zip(entries, measured):
+                    entry.update(fields)
                 results.extend(entries)
                 with open(os.path.join(args.out, "kernels.partial.json"), "w") as f:
                     json.dump({"setup": setup, "results": results}, f, indent=1)
@@ -540,19 +838,11 @@ def main(argv=None):
                     )
             ceilings[kernel] = numpy_ceiling(name, inputs, args.rounds)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(results)
     doc = {"setup": setup, "numpy_ceiling_us": ceilings, "results": results, "summary": summary}
-    stem = os.path.join(args.out, "smoke" if args.smoke else "kernels")
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(setup, results, summary))
-        for kernel, ceiling in ceilings.items():
-            if ceiling:
-                f.write(f"\nnumpy (OpenBLAS, OPENBLAS_CORETYPE unset) {kernel}: {ceiling:.2f} us\n")
-    plot(results, stem + ".png")
-    print(open(stem + ".md", encoding="utf-8").read())
+    write_outputs(doc, os.path.join(args.out, "smoke" if args.smoke else "kernels"))
     bad = [r for r in results if r["correct"] is False]
     return 1 if bad else 0
 

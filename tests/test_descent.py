@@ -254,3 +254,54 @@ def test_other_improvements_are_combined_after_a_move():
     assert move is not None and core.incumbent == (1, 0, 0)
     # First the same move again, then b's improvement on top of the new incumbent.
     assert [p.vector for p in core.propose(2)] == [(2, 0, 0), (1, 1, 0)]
+
+
+def test_sure_gain_shrinks_to_the_measured_between_call_noise():
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1, sure_gain=0.1)
+    core = DescentCore(((32, 1), 0), [1.0, 1.0, 1.0], COORDS, config, np.random.default_rng(0))
+    assert core.between_call_noise is None and core.sure_gain == 0.1
+    # Three schedules, each measured in two calls that agree within 0.2 % (a GPU).
+    for vector, (a, b) in zip(
+        [((16, 2), 1), ((8, 4), 1), ((4, 8), 1)], [(2.0, 2.002), (3.0, 2.997), (4.0, 4.004)]
+    ):
+        core.observe(vector, [a] * 3)
+        core.observe(vector, [b] * 3)
+    assert core.between_call_noise == pytest.approx(math.log(1.001), rel=0.01)
+    assert core.sure_gain == 0.01  # 3 x 0.1 % is below min_gain
+    # A CPU-like 6 % between-call difference keeps the configured bound.
+    noisy = DescentCore(((32, 1), 0), [1.0], COORDS, config, np.random.default_rng(0))
+    for vector in [((16, 2), 1), ((8, 4), 1), ((4, 8), 1)]:
+        noisy.observe(vector, [2.0] * 3)
+        noisy.observe(vector, [2.12] * 3)
+    assert noisy.sure_gain == 0.1
+
+
+def test_small_gain_moves_after_one_call_once_calls_agree():
+    config = DescentConfig(p_value=0.05, min_gain=0.01, max_step=1, sure_gain=0.1)
+    core = DescentCore(((32, 1), 0), [1.0, 1.001, 0.999], COORDS, config, np.random.default_rng(0))
+    for vector in [((32, 1), 1), ((32, 1), 2), ((32, 1), 3)]:  # quiet calls, known noise
+        core.observe(vector, [2.0, 2.0, 2.0])
+        core.observe(vector, [2.001, 2.001, 2.001])
+    for p in core.propose(10):
+        faster = p.vector == ((16, 2), 0)
+        if p.vector not in [((32, 1), 1), ((32, 1), 2), ((32, 1), 3)]:
+            core.observe(p.vector, [0.95, 0.951, 0.949] if faster else [1.2, 1.2, 1.2])
+    move = core.conclude()  # 5 % after one call: enough now (see the 2-call test above)
+    assert move is not None and core.incumbent == ((16, 2), 0)
+
+
+def test_independent_improvements_are_tried_together_first():
+    coords = [
+        Coordinate(CATEGORICAL, "a", choices=(0, 1, 2)),
+        Coordinate(CATEGORICAL, "b", choices=(0, 1, 2)),
+        Coordinate(CATEGORICAL, "c", choices=(0, 1, 2)),
+    ]
+    config = DescentConfig(min_gain=0.0, max_step=1, min_measurements=1, max_measurements=1)
+    core = DescentCore((0, 0, 0), [10.0, 10.0], coords, config, np.random.default_rng(0))
+    times = {(1, 0, 0): 5.0, (0, 1, 0): 8.0, (0, 0, 1): 9.0}
+    for p in core.propose(10):
+        t = times[p.vector]
+        core.observe(p.vector, [t, t])
+    assert core.conclude() is not None and core.incumbent == (1, 0, 0)
+    # The continuation, then b's and c's improvements together, then each alone.
+    assert [p.vector for p in core.propose(4)] == [(2, 0, 0), (1, 1, 1), (1, 1, 0), (1, 0, 1)]

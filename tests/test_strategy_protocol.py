@@ -204,6 +204,14 @@ def test_same_seed_same_trajectory(host_target):
     assert a != c
 
 
+def test_descent_batches_are_capped_by_descent_batch(host_target):
+    batches, _ = drive(DropletSearch(exploration_trials=16, descent_batch=4), host_target, 40, 16)
+    sizes = [len(b) for b in batches]
+    assert sizes[0] == 16 and all(0 < s <= 4 for s in sizes[1:]) and sum(sizes) == 40
+    whole, _ = drive(DropletSearch(exploration_trials=16, descent_batch=None), host_target, 40, 16)
+    assert max(len(b) for b in whole[1:]) > 4  # None: the tuner's num_trials_per_iter
+
+
 def test_single_sample_runner_remeasures_contested(host_target, droplet_log):
     drive(DropletSearch(exploration_trials=4), host_target, 40, 8, samples=1)
     assert "re-measurements" in droplet_log.text()
@@ -252,6 +260,8 @@ def test_name_resolves_everywhere(host_target):
             r"max_measurements must be >= min_measurements",
         ),
         ({"max_measurements": 1.5}, r"max_measurements must be an integer >= 1"),
+        ({"descent_batch": 0}, r"descent_batch must be an integer >= 1 or None, got 0; .*8"),
+        ({"max_restarts": -1}, r"max_restarts must be an integer >= 0 or None, got -1"),
     ],
 )
 def test_bad_options_are_named(kwargs, message):
