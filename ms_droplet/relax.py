@@ -474,7 +474,7 @@ def tune_model(
         exploration = None
         if max_trials_per_task is None:
             exploration = default_exploration_trials(
-                max(1, int(max_trials_global) // len(extracted))
+                max(1, int(max_trials_global) // len(extracted)), num_trials_per_iter
             )
         strategy = DropletSearch(exploration_trials=exploration)
     own_builder = builder is None

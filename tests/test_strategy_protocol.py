@@ -277,10 +277,22 @@ def test_unknown_option_lists_the_allowed_ones():
 
 
 @pytest.mark.parametrize(
-    "budget, expected", [(1, 1), (10, 10), (64, 19), (1000, 300), (10**4, 300)]
+    "budget, per_iter, expected",
+    [
+        (1, None, 1),
+        (10, None, 10),
+        (64, None, 19),
+        (1000, None, 300),
+        (10**4, None, 300),
+        (64, 16, 32),  # whole batches: 19 -> 32
+        (20, 16, 16),
+        (10, 16, 10),  # never above the budget
+        (1000, 16, 304),
+        (64, 64, 64),
+    ],
 )
-def test_default_exploration(budget, expected):
-    assert default_exploration_trials(budget) == expected
+def test_default_exploration(budget, per_iter, expected):
+    assert default_exploration_trials(budget, per_iter) == expected
 
 
 def test_misuse_says_what_to_call_first(host_target):
