@@ -661,6 +661,10 @@ class DropletSearch(PySearchStrategy):
             return
         start = space.start
         start_samples = state.measured.get(start_hash, []) if start_hash is not None else []
+        if start_hash is not None:
+            # Known without a replay: a descent that never moves still marks its start as an
+            # optimum at a restart, so the next descent does not begin there again.
+            state.hash_of[start] = start_hash
         if start_samples and math.isnan(state.descent_start):  # the first descent's start
             state.descent_start = float(np.mean(start_samples))
         state.core = DescentCore(
