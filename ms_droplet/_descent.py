@@ -275,6 +275,12 @@ class DescentCore:
     coordinates_at : Optional[Callable[[Vector], Sequence[Coordinate]]]
         Called after each accepted move to get the coordinates at the new incumbent (legal
         compute locations depend on the other decisions). ``None``: they never change.
+    rank : Optional[Callable[[list[Vector]], Optional[Sequence[Optional[float]]]]]
+        Orders the step-1 neighbors: called with them (in the ``rng`` order) whenever the
+        neighborhood is built, it returns one predicted score per vector (higher: expected
+        faster), ``None`` for a vector that cannot be built (it is rejected, never measured),
+        or ``None`` instead of a list to keep the ``rng`` order. ``None``: no ranking.
+        Only the order changes: every move is still accepted on measurements alone.
     """
 
     def __init__(
@@ -285,6 +291,7 @@ class DescentCore:
         config: DescentConfig,
         rng: np.random.Generator,
         coordinates_at: Callable[[Vector], Sequence[Coordinate]] | None = None,
+        rank: Callable[[list[Vector]], Sequence[float | None] | None] | None = None,
     ) -> None:
         if len(start) != len(coordinates):
             raise ValueError(
@@ -294,6 +301,7 @@ class DescentCore:
         self.config = config
         self._rng = rng
         self._coordinates_at = coordinates_at
+        self._rank = rank
         self._coordinates = tuple(coordinates)
         self._obs: dict[Vector, _Observations] = {}
         self._invalid: set[Vector] = set()
@@ -476,6 +484,30 @@ class DescentCore:
             if v not in self._obs and v not in self._invalid and v not in self._pending
         ]
 
+    def _ranked(self, level: list[Vector]) -> list[Vector]:
+        """``level`` by the rank callback's scores, best first (ties keep their order)."""
+        fresh = [v for v in level if v not in self._obs and v not in self._invalid]
+        scores = self._rank(fresh) if fresh else None
+        if scores is None:
+            return level
+        if len(scores) != len(fresh):
+            raise ValueError(
+                f"DescentCore: rank returned {len(scores)} scores for {len(fresh)} vectors; "
+                "it must return one score (or None) per vector"
+            )
+        score_of = {}
+        for vector, score in zip(fresh, scores):
+            if score is None or (isinstance(score, float) and math.isnan(score)):
+                self._invalid.add(vector)
+            else:
+                score_of[vector] = float(score)
+        # Known vectors first (they cost no trial), then the best predicted.
+        keyed = [
+            (-score_of.get(v, math.inf if v in self._obs else -math.inf), n)
+            for n, v in enumerate(level)
+        ]
+        return [level[n] for _, n in sorted(keyed)]
+
     def _build_neighborhood(
         self, last_move: tuple[Vector, Vector] | None, promising: Sequence[Vector] = ()
     ) -> None:
@@ -520,7 +552,10 @@ class DescentCore:
             for i, coord in enumerate(self._coordinates):
                 for value in coord.neighbors(inc[i], step):
                     level.append(inc[:i] + (value,) + inc[i + 1 :])
-            ordered.extend(level[j] for j in self._rng.permutation(len(level)))
+            level = [level[j] for j in self._rng.permutation(len(level))]
+            if step == 1 and self._rank is not None:
+                level = self._ranked(level)
+            ordered.extend(level)
         seen: set[Vector] = set()
         self._queue = [v for v in ordered if not (v in seen or seen.add(v))]
         self._neighborhood = set(self._queue)

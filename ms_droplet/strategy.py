@@ -127,6 +127,7 @@ class DropletReport:
     descent_search_secs: float
     descent_start_secs: float
     restarts: int = 0
+    rank_secs: float = 0.0
 
 
 @dataclass
@@ -168,6 +169,8 @@ class _RunState:
         self.descent_start = math.nan  # mean run time of the descent's starting schedule
         self.cost_model = None  # handed to each evolutionary exploration round
         self.optima: set[int] = set()  # hashes of schedules a descent ended on
+        self.replays: dict[Vector, object] = {}  # schedules built to rank the neighborhood
+        self.rank_secs = 0.0  # of search_secs: building and scoring neighbors to rank them
 
 
 @derived_object
@@ -227,6 +230,12 @@ class DropletSearch(PySearchStrategy):
     max_restarts : Optional[int]
         How many times a finished descent may restart with more exploration while budget is
         left (``None``: until the budget is spent; ``0``: never, leaving the rest unused).
+    rank_neighbors : bool
+        Measure the step-1 neighbors in the order the tuner's cost model predicts best first
+        (the model the exploration trained, updated after every batch) instead of a random
+        order. It decides only which neighbors are measured first; moves are still accepted
+        on measurements alone. With MetaSchedule's ``"random"`` cost model the order stays
+        random.
     **evolutionary_options
         Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
         ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
@@ -245,6 +254,7 @@ class DropletSearch(PySearchStrategy):
         sure_gain: float = 0.1,
         descent_batch: int | None = 8,
         max_restarts: int | None = None,
+        rank_neighbors: bool = True,
         **evolutionary_options,
     ) -> None:
         _check_int("exploration_trials", exploration_trials, minimum=0, allow_none=True)
@@ -256,6 +266,11 @@ class DropletSearch(PySearchStrategy):
         _check_int("max_measurements", max_measurements, minimum=1)
         _check_int("max_restarts", max_restarts, minimum=0, allow_none=True)
         _check_int("descent_batch", descent_batch, minimum=1, allow_none=True)
+        if not isinstance(rank_neighbors, bool):
+            raise ValueError(
+                f"DropletSearch: rank_neighbors must be True or False, got {rank_neighbors!r}; "
+                f"{_fix('rank_neighbors')}"
+            )
         if max_measurements < min_measurements:
             raise ValueError(
                 f"DropletSearch: max_measurements must be >= min_measurements, got "
@@ -267,12 +282,13 @@ class DropletSearch(PySearchStrategy):
             raise TypeError(
                 f"DropletSearch: unknown option(s) {unknown}; the options are "
                 "exploration_trials, p_value, min_gain, max_step, min_measurements, "
-                "max_measurements, sure_gain, descent_batch, max_restarts and the "
+                "max_measurements, sure_gain, descent_batch, max_restarts, rank_neighbors and the "
                 f"EvolutionarySearch options {list(_EVOLUTIONARY_OPTIONS)}"
             )
         self.exploration_trials = exploration_trials
         self.max_restarts = max_restarts
         self.descent_batch = descent_batch
+        self.rank_neighbors = rank_neighbors
         self.config = DescentConfig(
             p_value=float(p_value),
             min_gain=float(min_gain),
@@ -396,7 +412,7 @@ class DropletSearch(PySearchStrategy):
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
                 "re-measurements), %d accepted moves, %d restarts, %d invalid neighbors dropped, "
                 "%d duplicates skipped, %d failed measurements, best %s, %.2f s in descent "
-                "search; stop: %s",
+                "search (%.2f s ranking neighbors); stop: %s",
                 state.trials,
                 c.exploration,
                 c.descent,
@@ -408,6 +424,7 @@ class DropletSearch(PySearchStrategy):
                 c.failures,
                 _fmt_secs(state.best),
                 state.search_secs,
+                state.rank_secs,
                 state.stop_reason or "budget spent",
             )
             self.reports.append(
@@ -426,6 +443,7 @@ class DropletSearch(PySearchStrategy):
                     descent_search_secs=state.search_secs,
                     descent_start_secs=state.descent_start,
                     restarts=c.restarts,
+                    rank_secs=state.rank_secs,
                 )
             )
         finally:
@@ -519,6 +537,7 @@ class DropletSearch(PySearchStrategy):
             sure_gain=self.config.sure_gain,
             descent_batch=self.descent_batch,
             max_restarts=self.max_restarts,
+            rank_neighbors=self.rank_neighbors,
             **self.evolutionary_options,
         )
         twin.reports = self.reports
@@ -583,7 +602,7 @@ class DropletSearch(PySearchStrategy):
             trials,
         )
         state.exploration_budget = state.counts.exploration + trials
-        state.core, state.space, state.hash_of = None, None, {}
+        state.core, state.space, state.hash_of, state.replays = None, None, {}, {}
         state.descent_started = False
         state.stop_reason = None
         state.phase = "exploration"
@@ -674,6 +693,7 @@ class DropletSearch(PySearchStrategy):
             self.config,
             state.rng,
             coordinates_at=space.coordinates_at,
+            rank=(lambda vectors: self._rank(state, vectors)) if self.rank_neighbors else None,
         )
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
@@ -704,7 +724,7 @@ class DropletSearch(PySearchStrategy):
             for proposal in proposals:
                 vector = proposal.vector
                 # Schedules are not kept (memory): a module is replayed again when measured.
-                sch, shash = None, state.hash_of.get(vector)
+                sch, shash = state.replays.pop(vector, None), state.hash_of.get(vector)
                 if shash is None:
                     sch = self._replay(state, vector)
                     if sch is None:
@@ -744,6 +764,45 @@ class DropletSearch(PySearchStrategy):
         state.counts.descent += len(batch)
         state.batch = _Batch(vectors, hashes)
         return batch
+
+    def _rank(self, state: _RunState, vectors: list[Vector]) -> list[float | None] | None:
+        """The cost model's scores of ``vectors`` (None: cannot be built), for the core's order.
+
+        The schedules are kept until the next ranking, so a measured one is not built twice.
+        Returns None (the core keeps its random order) if the model cannot score them.
+        """
+        tic = time.perf_counter()
+        state.replays = {}
+        scores: list[float | None] = [None] * len(vectors)
+        slots, candidates = [], []
+        for n, vector in enumerate(vectors):
+            shash = state.hash_of.get(vector)
+            if shash is not None and (shash in state.measured or shash in state.failed):
+                scores[n] = math.inf  # measured already: observed without a trial, so first
+                continue
+            replayed = state.space.replay(vector)
+            if replayed.sch is None:
+                state.counts.invalid += 1
+                self._logger.debug("droplet: invalid neighbor %s: %s", vector, replayed.error)
+                continue
+            state.hash_of[vector] = replayed.shash
+            state.replays[vector] = replayed.sch
+            slots.append(n)
+            candidates.append(
+                MeasureCandidate(
+                    replayed.sch, ArgInfo.from_entry_func(replayed.sch.mod, remove_preproc=True)
+                )
+            )
+        try:
+            predicted = state.cost_model.predict(self._context, candidates) if candidates else []
+        except Exception:  # noqa: BLE001 - ranking is an optimization; never fail the run on it
+            self._logger.warning("droplet: the cost model could not rank neighbors; random order")
+            state.rank_secs += time.perf_counter() - tic
+            return None
+        for n, score in zip(slots, predicted):
+            scores[n] = float(score)
+        state.rank_secs += time.perf_counter() - tic
+        return scores
 
     def _replay(self, state: _RunState, vector: Vector):
         """The postprocessed schedule of ``vector``, or None (counted, rejected) if invalid."""

@@ -90,6 +90,18 @@ def parse_args(argv=None):
         default=None,
         help="an earlier kernels.json: re-measure its runs from the work_dirs under --keep",
     )
+    parser.add_argument(
+        "--runs",
+        default=None,
+        help="comma-separated labels to tune (droplet@T, evolutionary@T, evolutionary@4T, "
+        "evolutionary@8T); the others are taken from --resume or left out",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        help="comma-separated earlier kernels.json / kernels.partial.json files: their runs "
+        "(work_dirs under --keep) are re-measured instead of tuned again, except those in --runs",
+    )
     parser.add_argument("--measure-spec", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--smoke", action="store_true", help="one kernel, tiny budgets (for CI): ~2 minutes"
@@ -98,6 +110,21 @@ def parse_args(argv=None):
     if args.smoke:
         args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 8, 4
         args.no_postopt, args.rounds = True, 3
+    labels = {"droplet@T", "evolutionary@T", "evolutionary@4T", "evolutionary@8T"}
+    if args.runs is not None:
+        wanted = [x.strip() for x in args.runs.split(",") if x.strip()]
+        unknown = sorted(set(wanted) - labels)
+        if not wanted or unknown:
+            parser.error(
+                f"--runs: every label must be one of {sorted(labels)}; got {args.runs!r}. "
+                "Example: --runs droplet@T"
+            )
+        args.runs = wanted
+    if args.resume and not args.keep:
+        parser.error(
+            "--resume needs --keep DIR: the folder that holds the earlier runs' work_dirs "
+            "(new runs are written there too)"
+        )
     return args
 
 
@@ -172,8 +199,11 @@ class Curve:
         self.callback = _Callback()
 
 
-def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
-    """One real tuning run; returns the database, wall seconds, curve, profile, reports."""
+def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, options=None, workers=None):
+    """One real tuning run; returns the database, wall seconds, curve, profile, reports.
+
+    ``options``: ``DropletSearch`` options (droplet only); ``workers``: build processes.
+    """
     from tvm.s_tir import meta_schedule as ms
 
     from ms_droplet import DropletSearch
@@ -181,9 +211,9 @@ def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
     from ms_droplet.cli import default_evaluator_config
 
     curve = Curve()
-    strat = DropletSearch() if strategy == "droplet" else strategy
+    strat = DropletSearch(**(options or {})) if strategy == "droplet" else strategy
     callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [curve.callback]
-    builder = FastBuilder()
+    builder = FastBuilder(max_workers=workers)
     start = time.perf_counter()
     with ms.Profiler() as profiler:
         database = ms.tune_tir(
@@ -744,6 +774,42 @@ def remeasure_main(args, target):
     return doc
 
 
+MEASURED_FIELDS = ("correct", "median_us", "iqr_us", "remeasured_us", "in_tuning_process_us")
+
+
+def load_resume(paths):
+    """{(kernel, seed, run): entry} of earlier result files; later files win."""
+    earlier = {}
+    for path in paths.split(",") if paths else []:
+        with open(path, encoding="utf-8") as f:
+            for r in json.load(f)["results"]:
+                earlier[(r["kernel"], r["seed"], r["run"])] = dict(r, reused_from=path)
+    return earlier
+
+
+def reuse_entries(earlier, kernel, seed, label, work_dir):
+    """Entries of an earlier run (and its post-pass) to re-measure from its kept work_dir.
+
+    Empty when the earlier results lack the run or its work_dir is gone.
+    """
+    entry = earlier.get((kernel, seed, label))
+    if entry is None or not os.path.isdir(work_dir):
+        return []
+    out = []
+    runs = [label] + (["postopt@T"] if label == "evolutionary@T" else [])
+    for run in runs:
+        e = earlier.get((kernel, seed, run))
+        if e is None:
+            continue
+        e = {k: v for k, v in e.items() if k not in MEASURED_FIELDS}
+        # Evolutionary runs are read from their own first records: the post-pass appends.
+        first = e["trials_used"] if run.startswith("evolutionary") else None
+        e["_spec"] = {"work_dir": work_dir, "first": first}
+        print(f"[{kernel} seed {seed}] {run}: re-measured from {e['reused_from']}", flush=True)
+        out.append(e)
+    return out
+
+
 def write_outputs(doc, stem):
     """JSON, Markdown and PNG of a result set."""
     setup, results, summary = doc["setup"], doc["results"], doc["summary"]
@@ -784,6 +850,10 @@ def main(argv=None):
         write_outputs(doc, os.path.join(args.out, "kernels"))
         return 1 if any(r["correct"] is False for r in doc["results"]) else 0
     scratch = args.keep or tempfile.mkdtemp(prefix="bench_kernels_")
+    earlier = load_resume(args.resume)
+    if args.resume:
+        setup["resumed_from"] = args.resume.split(",")
+        setup["tuned_here"] = args.runs or "all runs not found in --resume"
     results = []
     ceilings = {}
     try:
@@ -799,6 +869,17 @@ def main(argv=None):
                     args.trials, args.with_8x, not args.no_postopt
                 ):
                     work_dir = os.path.join(scratch, f"{name}_{index}_{seed}_{label}")
+                    if args.runs is None or label not in args.runs:
+                        reused = reuse_entries(earlier, kernel, seed, label, work_dir)
+                        if reused or args.runs is not None:
+                            entries.extend(reused)
+                            continue
+                    if os.path.exists(work_dir):
+                        raise SystemExit(
+                            f"{work_dir} exists: tuning {label} there would mix its records "
+                            "with an earlier run's. Move it away, or pass the earlier results "
+                            "file with --resume to re-measure that run instead."
+                        )
                     print(f"[{kernel} seed {seed}] {label} ({budget} trials) ...", flush=True)
                     _, wall, curve, profile, reports = tune_one(
                         mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
@@ -834,6 +915,8 @@ def main(argv=None):
                                 _spec={"work_dir": work_dir, "first": None},
                             )
                         )
+                if not entries:
+                    continue
                 measured = measure_fresh(kernel, [e.pop("_spec") for e in entries], args.rounds)
                 for entry, fields in zip(entries, measured):
                     entry.update(fields)

@@ -305,3 +305,35 @@ def test_independent_improvements_are_tried_together_first():
     assert core.conclude() is not None and core.incumbent == (1, 0, 0)
     # The continuation, then b's and c's improvements together, then each alone.
     assert [p.vector for p in core.propose(4)] == [(2, 0, 0), (1, 1, 1), (1, 1, 0), (1, 0, 1)]
+
+
+def test_rank_orders_step_one_and_drops_unbuildable_neighbors():
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(5))) for i in range(3)]
+    seen = []
+
+    def rank(vectors):
+        seen.append(list(vectors))
+        # Predicts coordinate 2 moving up is best; (2, 2, 1) cannot be built.
+        return [None if v == (2, 2, 1) else 10.0 * v[2] + v[0] + 0.1 * v[1] for v in vectors]
+
+    core = DescentCore(
+        (2, 2, 2), [1.0], coords, DescentConfig(max_step=1), np.random.default_rng(0), rank=rank
+    )
+    order = [p.vector for p in core.propose(10)]
+    assert len(seen) == 1 and len(seen[0]) == 6  # every step-1 neighbor, ranked once
+    assert order == [(2, 2, 3), (3, 2, 2), (2, 3, 2), (2, 1, 2), (1, 2, 2)]
+    assert (2, 2, 1) not in order
+
+
+def test_rank_none_keeps_random_order_and_bad_rank_is_an_error():
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(5))) for i in range(3)]
+    config = DescentConfig(max_step=1)
+    plain = DescentCore((2, 2, 2), [1.0], coords, config, np.random.default_rng(3))
+    ranked = DescentCore(
+        (2, 2, 2), [1.0], coords, config, np.random.default_rng(3), rank=lambda v: None
+    )
+    assert [p.vector for p in plain.propose(6)] == [p.vector for p in ranked.propose(6)]
+    with pytest.raises(ValueError, match="one score"):
+        DescentCore(
+            (2, 2, 2), [1.0], coords, config, np.random.default_rng(3), rank=lambda v: [1.0]
+        )

@@ -1,0 +1,207 @@
+#!/usr/bin/env python3
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""A/B of DropletSearch option sets on te_workload kernels, for algorithm work.
+
+Every (kernel, seed, variant) is its own droplet@T tuning run in its own process, several at
+once on disjoint CPU cores (``--jobs`` x ``--cores``: on a many-core machine this makes a
+variant comparison take minutes); then, one kernel and seed at a time and with nothing else
+running, the variants' winners are re-measured side by side in a fresh process pinned to the
+same number of cores (``bench_kernels.measure_fresh``). This is a development tool: its runs
+share memory bandwidth while tuning, so its tuning times are not the benchmark's; the kernel
+latencies of the re-measurement are comparable.
+
+Example (the default variants: cost-model ranking of neighbors on and off)::
+
+    python scripts/ab_droplet.py --kernels GMM:1,C2D:1,DEP:1 --seeds 1,2,3 --jobs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+DEFAULT_VARIANTS = '{"ranked": {}, "random order": {"rank_neighbors": false}}'
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", default="GMM:1,C2D:1,DEP:1")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--trials", type=int, default=64)
+    parser.add_argument("--trials-per-iter", type=int, default=16)
+    parser.add_argument(
+        "--variants", default=DEFAULT_VARIANTS, help="JSON: name -> DropletSearch options"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="tuning runs at once")
+    parser.add_argument("--cores", type=int, default=2, help="cores per run (and per timing)")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--out", default="ab_out")
+    parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        args.variants = json.loads(args.variants)
+        assert isinstance(args.variants, dict) and args.variants
+    except (json.JSONDecodeError, AssertionError):
+        parser.error(f"--variants must be a JSON object name -> options, got {args.variants!r}")
+    return args
+
+
+def tune_one_main(path):
+    """Child: one droplet run; writes ``<path>.out``."""
+    import logging
+
+    import tvm.s_tir.tensor_intrin  # noqa: F401
+    from bench_kernels import tune_one
+    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
+    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
+
+    from ms_droplet.target import host_target
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    with open(path, encoding="utf-8") as f:
+        spec = json.load(f)
+    name, index = spec["kernel"].split(":")
+    mod = _normalize_mod(create_te_workload(name, int(index)))
+    target = host_target(num_cores=spec["cores"])
+    _, wall, curve, _, reports = tune_one(
+        mod,
+        target,
+        spec["work_dir"],
+        "droplet",
+        spec["trials"],
+        spec["per_iter"],
+        spec["seed"],
+        options=spec["options"],
+        workers=spec["cores"],
+    )
+    with open(path + ".out", "w", encoding="utf-8") as f:
+        json.dump({"tuning_s": wall, "trials_used": curve.trials, "reports": reports}, f)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.tune_one:
+        return tune_one_main(args.tune_one)
+    from bench_kernels import measure_fresh
+    from scipy.stats import gmean
+
+    os.makedirs(args.out, exist_ok=True)
+    runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    todo = [
+        (kernel, seed, variant)
+        for kernel in args.kernels.split(",")
+        for seed in seeds
+        for variant in args.variants
+    ]
+    free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]  # core sets
+    running, runs = [], {}
+    start = time.perf_counter()
+    while todo or running:
+        while todo and free:
+            kernel, seed, variant = todo.pop(0)
+            cores = free.pop(0)
+            tag = f"{kernel.replace(':', '_')}_{seed}_{len(runs)}"
+            spec = {
+                "kernel": kernel,
+                "seed": seed,
+                "trials": args.trials,
+                "per_iter": args.trials_per_iter,
+                "options": args.variants[variant],
+                "cores": args.cores,
+                "work_dir": os.path.join(runs_dir, tag),
+            }
+            path = os.path.join(runs_dir, tag + ".json")
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(spec, f)
+            env = dict(os.environ, TVM_NUM_THREADS=str(args.cores))
+            proc = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--tune-one", path],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=open(path + ".log", "w", encoding="utf-8"),
+                preexec_fn=lambda c=cores: os.sched_setaffinity(0, c),
+            )
+            runs[(kernel, seed, variant)] = {"spec": spec, "path": path}
+            running.append((proc, cores, (kernel, seed, variant)))
+        time.sleep(1)
+        for item in list(running):
+            proc, cores, key = item
+            if proc.poll() is not None:
+                running.remove(item)
+                free.append(cores)
+                out = runs[key]["path"] + ".out"
+                if proc.returncode == 0 and os.path.exists(out):
+                    with open(out, encoding="utf-8") as f:
+                        runs[key].update(json.load(f))
+                print(f"{time.perf_counter() - start:7.1f} s  tuned {key} rc={proc.returncode}")
+    os.sched_setaffinity(0, set(range(args.cores)))
+    os.environ["TVM_NUM_THREADS"] = str(args.cores)
+    results = []
+    for kernel in args.kernels.split(","):
+        for seed in seeds:
+            keys = [(kernel, seed, v) for v in args.variants]
+            specs = [{"work_dir": runs[k]["spec"]["work_dir"], "first": None} for k in keys]
+            for key, fields in zip(keys, measure_fresh(kernel, specs, args.rounds)):
+                entry = {"kernel": kernel, "seed": seed, "variant": key[2], **fields}
+                for field in ("tuning_s", "trials_used", "reports"):
+                    entry[field] = runs[key].get(field)
+                results.append(entry)
+                rep = (entry["reports"] or [{}])[0]
+                print(
+                    f"{kernel} s{seed} {key[2]:14s} {entry.get('median_us') or math.nan:9.2f} us"
+                    f"  start {1e6 * rep.get('descent_start_secs', math.nan):9.2f} us"
+                    f"  moves {rep.get('moves')}  remeasured {rep.get('remeasured')}"
+                    f"  restarts {rep.get('restarts')}  correct {entry.get('correct')}",
+                    flush=True,
+                )
+    names = list(args.variants)
+    summary = {}
+    for other in names[1:]:
+        ratios = []
+        for kernel in args.kernels.split(","):
+            for seed in seeds:
+                by = {
+                    r["variant"]: r for r in results if (r["kernel"], r["seed"]) == (kernel, seed)
+                }
+                a, b = by[names[0]].get("median_us"), by[other].get("median_us")
+                if a and b:
+                    ratios.append(b / a)
+        if ratios:
+            summary[f"{names[0]} vs {other}"] = {
+                "geomean_speedup": float(gmean(ratios)),
+                "faster_in": sum(r > 1 for r in ratios),
+                "pairs": len(ratios),
+                "ratios": ratios,
+            }
+    print(json.dumps(summary, indent=1))
+    with open(os.path.join(args.out, "ab_droplet.json"), "w", encoding="utf-8") as f:
+        json.dump({"args": vars(args), "results": results, "summary": summary}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
