@@ -105,84 +105,116 @@ def main(argv=None):
     args = parse_args(argv)
     if args.tune_one:
         return tune_one_main(args.tune_one)
-    from bench_kernels import measure_fresh
-    from scipy.stats import gmean
-
     os.makedirs(args.out, exist_ok=True)
     runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
+    kernels = args.kernels.split(",")
+    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_kernels.py")
+    # Jobs: a tuning run per (kernel, seed, variant); a timing job per (kernel, seed), which
+    # starts once its variants are tuned. Each job gets its own cores.
     todo = [
-        (kernel, seed, variant)
-        for kernel in args.kernels.split(",")
+        ("tune", (kernel, seed, variant))
+        for kernel in kernels
         for seed in seeds
         for variant in args.variants
     ]
-    free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]  # core sets
-    running, runs = [], {}
+    free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]
+    running, runs, timed = [], {}, {}
     start = time.perf_counter()
+    # TVM pins its worker threads to the first cores of the machine unless told not to: jobs
+    # would then share cores 0..n-1 whatever their affinity (timings 10-50x off).
+    env = dict(os.environ, TVM_NUM_THREADS=str(args.cores), TVM_BIND_THREADS="0")
     while todo or running:
         while todo and free:
-            kernel, seed, variant = todo.pop(0)
+            kind, key = todo.pop(0)
             cores = free.pop(0)
-            tag = f"{kernel.replace(':', '_')}_{seed}_{len(runs)}"
-            spec = {
-                "kernel": kernel,
-                "seed": seed,
-                "trials": args.trials,
-                "per_iter": args.trials_per_iter,
-                "options": args.variants[variant],
-                "cores": args.cores,
-                "work_dir": os.path.join(runs_dir, tag),
-            }
-            path = os.path.join(runs_dir, tag + ".json")
+            if kind == "tune":
+                kernel, seed, variant = key
+                tag = f"{kernel.replace(':', '_')}_{seed}_{len(runs)}"
+                spec = {
+                    "kernel": kernel,
+                    "seed": seed,
+                    "trials": args.trials,
+                    "per_iter": args.trials_per_iter,
+                    "options": args.variants[variant],
+                    "cores": args.cores,
+                    "work_dir": os.path.join(runs_dir, tag),
+                }
+                path = os.path.join(runs_dir, tag + ".json")
+                command = [sys.executable, os.path.abspath(__file__), "--tune-one", path]
+                runs[key] = {"spec": spec, "path": path}
+            else:
+                kernel, seed = key
+                path = os.path.join(runs_dir, f"time_{kernel.replace(':', '_')}_{seed}.json")
+                spec = {
+                    "kernel": kernel,
+                    "rounds": args.rounds,
+                    "runs": [
+                        {"work_dir": runs[(kernel, seed, v)]["spec"]["work_dir"], "first": None}
+                        for v in args.variants
+                    ],
+                }
+                command = [sys.executable, bench, "--measure-spec", path]
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(spec, f)
-            env = dict(os.environ, TVM_NUM_THREADS=str(args.cores))
             proc = subprocess.Popen(
-                [sys.executable, os.path.abspath(__file__), "--tune-one", path],
+                command,
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=open(path + ".log", "w", encoding="utf-8"),
                 preexec_fn=lambda c=cores: os.sched_setaffinity(0, c),
             )
-            runs[(kernel, seed, variant)] = {"spec": spec, "path": path}
-            running.append((proc, cores, (kernel, seed, variant)))
+            running.append((proc, cores, kind, key, path))
         time.sleep(1)
         for item in list(running):
-            proc, cores, key = item
-            if proc.poll() is not None:
-                running.remove(item)
-                free.append(cores)
-                out = runs[key]["path"] + ".out"
-                if proc.returncode == 0 and os.path.exists(out):
-                    with open(out, encoding="utf-8") as f:
-                        runs[key].update(json.load(f))
-                print(f"{time.perf_counter() - start:7.1f} s  tuned {key} rc={proc.returncode}")
-    os.sched_setaffinity(0, set(range(args.cores)))
-    os.environ["TVM_NUM_THREADS"] = str(args.cores)
+            proc, cores, kind, key, path = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            free.append(cores)
+            done = None
+            if proc.returncode == 0 and os.path.exists(path + ".out"):
+                with open(path + ".out", encoding="utf-8") as f:
+                    done = json.load(f)
+            print(
+                f"{time.perf_counter() - start:7.1f} s  {kind} {key} rc={proc.returncode}",
+                flush=True,
+            )
+            if kind == "tune":
+                runs[key].update(done or {})
+                kernel, seed, _ = key
+                runs[key]["over"] = True
+                if all(runs.get((kernel, seed, v), {}).get("over") for v in args.variants):
+                    todo.insert(0, ("time", (kernel, seed)))
+            else:
+                timed[key] = done
     results = []
-    for kernel in args.kernels.split(","):
+    for kernel in kernels:
         for seed in seeds:
-            keys = [(kernel, seed, v) for v in args.variants]
-            specs = [{"work_dir": runs[k]["spec"]["work_dir"], "first": None} for k in keys]
-            for key, fields in zip(keys, measure_fresh(kernel, specs, args.rounds)):
-                entry = {"kernel": kernel, "seed": seed, "variant": key[2], **fields}
+            measured = timed.get((kernel, seed)) or [{} for _ in args.variants]
+            for variant, fields in zip(args.variants, measured):
+                key = (kernel, seed, variant)
+                entry = {"kernel": kernel, "seed": seed, "variant": variant, **fields}
                 for field in ("tuning_s", "trials_used", "reports"):
                     entry[field] = runs[key].get(field)
                 results.append(entry)
                 rep = (entry["reports"] or [{}])[0]
                 print(
-                    f"{kernel} s{seed} {key[2]:14s} {entry.get('median_us') or math.nan:9.2f} us"
+                    f"{kernel} s{seed} {variant:14s} {entry.get('median_us') or math.nan:9.2f} us"
                     f"  start {1e6 * rep.get('descent_start_secs', math.nan):9.2f} us"
                     f"  moves {rep.get('moves')}  remeasured {rep.get('remeasured')}"
-                    f"  restarts {rep.get('restarts')}  correct {entry.get('correct')}",
+                    f"  restarts {rep.get('restarts')}  rank {rep.get('rank_secs', 0):.2f} s"
+                    f"  tuning {entry['tuning_s'] or math.nan:.1f} s"
+                    f"  correct {entry.get('correct')}",
                     flush=True,
                 )
+    from scipy.stats import gmean
+
     names = list(args.variants)
     summary = {}
     for other in names[1:]:
         ratios = []
-        for kernel in args.kernels.split(","):
+        for kernel in kernels:
             for seed in seeds:
                 by = {
                     r["variant"]: r for r in results if (r["kernel"], r["seed"]) == (kernel, seed)
