@@ -257,8 +257,8 @@ class DescentCore:
     this order: a repetition of the last accepted move, then the other single changes that
     looked faster than the previous incumbent, applied to the new one all at once (when there
     are two or more) and then one by one (fastest first), then
-    every single-coordinate neighbor at step 1 (in an order drawn from ``rng``), then at step
-    2, up to ``config.max_step``.
+    every single-coordinate neighbor at step 1 (in the order of ``rank`` if given, else drawn
+    from ``rng``), then at step 2 (drawn from ``rng``), up to ``config.max_step``.
 
     Parameters
     ----------

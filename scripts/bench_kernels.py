@@ -443,7 +443,7 @@ def markdown(setup, results, summary):
         lines.append(
             f"| {r['kernel']} | {r['seed']} | {r['run']} | {r['trials_used']} | "
             f"{r['tuning_s']:.1f} | {med:.2f} | {r['iqr_us']:.2f} | {gflops:.1f} | "
-            f"{ratio:.3f} | {r['correct']} |"
+            f"{'-' if ratio is None else format(ratio, '.3f')} | {r['correct']} |"
             if med
             else f"| {r['kernel']} | {r['seed']} | {r['run']} | {r['trials_used']} | "
             f"{r['tuning_s']:.1f} | - | - | - | - | {r['correct']} |"

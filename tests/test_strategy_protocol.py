@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import tvm_ffi
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 from tvm.s_tir.meta_schedule.database import TuningRecord
 from tvm.s_tir.meta_schedule.runner import RunnerResult
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
@@ -42,6 +45,7 @@ def drive(
     seed=1,
     failing=lambda index: False,
     samples=2,
+    cost_model=None,
 ):
     """Run one task by hand like the task scheduler does; commit records like AddToDatabase."""
     context = make_context(strategy, target, seed)
@@ -51,7 +55,7 @@ def drive(
         num_trials_per_iter,
         context.generate_design_space(),
         database,
-        ms.cost_model.RandomModel(seed=seed),
+        cost_model if cost_model is not None else ms.cost_model.RandomModel(seed=seed),
     )
     workload = database.commit_workload(context.mod)
     batches = []
@@ -212,6 +216,49 @@ def test_descent_batches_are_capped_by_descent_batch(host_target):
     assert max(len(b) for b in whole[1:]) > 4  # None: the tuner's num_trials_per_iter
 
 
+@derived_object
+class OracleModel(PyCostModel):
+    """Predicts the synthetic objective exactly (or raises, with ``fail``)."""
+
+    def __init__(self, fail=False):
+        self.fail = fail
+
+    def load(self, path):
+        pass
+
+    def save(self, path):
+        pass
+
+    def update(self, context, candidates, results):
+        pass
+
+    def predict(self, context, candidates):
+        if self.fail:
+            raise RuntimeError("this cost model is broken")
+        return np.array([1.0 / synthetic_cost(c.sch) for c in candidates])
+
+
+def test_neighbors_are_measured_best_predicted_first(host_target):
+    def first_descent_batch(rank):
+        strategy = DropletSearch(exploration_trials=0, descent_batch=8, rank_neighbors=rank)
+        batches, _ = drive(strategy, host_target, 9, 8, cost_model=OracleModel())
+        assert [len(b) for b in batches] == [1, 8]  # the start, then its neighbors
+        return [cost for _, cost in batches[1]]  # the measured synthetic costs, in order
+
+    ranked, unranked = first_descent_batch(True), first_descent_batch(False)
+    assert ranked == sorted(ranked)
+    assert unranked != sorted(unranked)
+    assert ranked[0] < min(unranked) or ranked[0] == min(ranked + unranked)
+
+
+def test_a_failing_cost_model_leaves_the_random_order(host_target, droplet_log):
+    strategy = DropletSearch(exploration_trials=0, descent_batch=4)
+    batches, _ = drive(strategy, host_target, 13, 4, cost_model=OracleModel(fail=True))
+    assert sum(len(b) for b in batches) == 13
+    assert "could not rank neighbors; random order" in droplet_log.text()
+    assert strategy.reports[-1].trials == 13
+
+
 def test_single_sample_runner_remeasures_contested(host_target, droplet_log):
     drive(DropletSearch(exploration_trials=4), host_target, 40, 8, samples=1)
     assert "re-measurements" in droplet_log.text()
@@ -262,6 +309,7 @@ def test_name_resolves_everywhere(host_target):
         ({"max_measurements": 1.5}, r"max_measurements must be an integer >= 1"),
         ({"descent_batch": 0}, r"descent_batch must be an integer >= 1 or None, got 0; .*8"),
         ({"max_restarts": -1}, r"max_restarts must be an integer >= 0 or None, got -1"),
+        ({"rank_neighbors": "yes"}, r"rank_neighbors must be True or False, got 'yes'; .*True"),
     ],
 )
 def test_bad_options_are_named(kwargs, message):
