@@ -335,6 +335,28 @@ def numpy_ceiling(name, inputs, rounds):
     return float(out.stdout.strip()) if out.returncode == 0 else None
 
 
+def _commit():
+    """The repository's commit (``+dirty`` with local changes), or None outside a checkout."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+        )
+    except OSError:
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
 def setup_record(args, target):
     import psutil
     import tvm
@@ -366,6 +388,7 @@ def setup_record(args, target):
             "min_repeat_ms": evaluator.min_repeat_ms,
         },
         "builder": "ms_droplet.builder.FastBuilder",
+        "commit": _commit(),
         "budget_T": args.trials,
         "trials_per_iter": args.trials_per_iter,
         "seeds": [int(s) for s in args.seeds.split(",")],
