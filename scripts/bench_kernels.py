@@ -484,6 +484,8 @@ def markdown(setup, results, summary):
             f"| {baseline} | {s['geomean_speedup_of_droplet']:.3f} | {s['min_speedup']:.3f} | "
             f"{s['wins']}/{s['ties']}/{s['losses']} | {s['geomean_tuning_time_ratio']:.2f} |"
         )
+    lines += per_kernel_table(results)
+    lines += exploration_table(results)
     lines += droplet_table(results)
     return "\n".join(lines) + "\n"
 
@@ -507,6 +509,110 @@ def droplet_table(results):
                 f"{rep['descent_search_secs']:.2f} | "
                 f"{rep['descent_search_secs'] / r['tuning_s']:.2%} | {rep['stop_reason']} |"
             )
+    return lines
+
+
+def per_kernel_table(results):
+    """Per kernel: droplet@T's geomean speed-up against each baseline, over the seeds."""
+    from scipy.stats import gmean
+
+    baselines = ("evolutionary@T", "postopt@T", "evolutionary@4T", "evolutionary@8T")
+    groups: dict[str, dict[int, dict[str, dict]]] = {}
+    for r in results:
+        groups.setdefault(r["kernel"], {}).setdefault(r["seed"], {})[r["run"]] = r
+    present = [b for b in baselines if any(b in s for g in groups.values() for s in g.values())]
+    lines = [
+        "",
+        "## Per kernel (geometric mean over seeds of baseline latency / droplet latency)",
+        "",
+        "| kernel | seeds | " + " | ".join(f"vs {b}" for b in present) + " | droplet tuning "
+        "s / evolutionary@4T's | descent gain (start / best) |",
+        "|---|---|" + "---|" * len(present) + "---|---|",
+    ]
+    for kernel, seeds in groups.items():
+        cells = []
+        for b in present:
+            ratios = [
+                runs[b]["median_us"] / runs["droplet@T"]["median_us"]
+                for runs in seeds.values()
+                if "droplet@T" in runs
+                and b in runs
+                and runs[b].get("median_us")
+                and runs["droplet@T"].get("median_us")
+            ]
+            cells.append(f"{gmean(ratios):.3f}" if ratios else "-")
+        times = [
+            runs["droplet@T"]["tuning_s"] / runs["evolutionary@4T"]["tuning_s"]
+            for runs in seeds.values()
+            if "droplet@T" in runs and "evolutionary@4T" in runs
+        ]
+        gains = [
+            rep["descent_start_secs"] / rep["best_secs"]
+            for runs in seeds.values()
+            for rep in (runs.get("droplet@T", {}).get("droplet_reports") or [])
+            if rep.get("best_secs") and math.isfinite(rep.get("descent_start_secs", math.nan))
+        ]
+        lines.append(
+            f"| {kernel} | {len(seeds)} | " + " | ".join(cells) + " | "
+            f"{f'{gmean(times):.2f}' if times else '-'} | "
+            f"{f'{gmean(gains):.2f}x' if gains else '-'} |"
+        )
+    return lines
+
+
+def _best_within(curve, trials):
+    """Best-so-far latency (us) of a run's curve after at most ``trials`` trials."""
+    return min((best for n, _, best in curve if n <= trials), default=math.inf)
+
+
+def exploration_table(results):
+    """Where droplet stands against evolutionary search, as measured during tuning.
+
+    Per kernel and seed: droplet's descent start and best, evolutionary@T's best after as
+    many trials as droplet explored, evolutionary@4T's best after T and after 4T trials.
+    Tells a weak start (exploration) from a weak descent.
+    """
+    from scipy.stats import gmean
+
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in results:
+        groups.setdefault((r["kernel"], r["seed"]), {})[r["run"]] = r
+    lines = [
+        "",
+        "## Exploration or descent? (latencies measured during tuning, us)",
+        "",
+        "| kernel | seed | droplet explored | droplet start | droplet best | evolutionary@T "
+        "after as many trials | evolutionary@4T after T | evolutionary@4T after 4T |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    starts, gains, tails = [], [], []
+    for (kernel, seed), runs in groups.items():
+        reps = (runs.get("droplet@T") or {}).get("droplet_reports") or []
+        evo, evo4 = runs.get("evolutionary@T"), runs.get("evolutionary@4T")
+        if not reps or not evo or not evo4 or not evo["curve"] or not evo4["curve"]:
+            continue
+        rep = reps[0]
+        start, best = rep["descent_start_secs"] * 1e6, rep["best_secs"] * 1e6
+        same = _best_within(evo["curve"], rep["exploration"])
+        at_t = _best_within(evo4["curve"], evo["budget"])
+        at_4t = _best_within(evo4["curve"], evo4["budget"])
+        lines.append(
+            f"| {kernel} | {seed} | {rep['exploration']} | {start:.1f} | {best:.1f} | "
+            f"{same:.1f} | {at_t:.1f} | {at_4t:.1f} |"
+        )
+        if kernel.startswith("NRM") or not all(map(math.isfinite, (start, best, same))):
+            continue  # NRM: a space of ~60 schedules, everything ties
+        starts.append(same / start)
+        gains.append(start / best)
+        tails.append(at_t / at_4t)
+    if starts:
+        lines += [
+            "",
+            f"Geometric means over {len(starts)} kernel-seed pairs (NRM left out): droplet's "
+            f"start is {gmean(starts):.3f}x as fast as evolutionary@T's best after as many "
+            f"trials; the descent gains {gmean(gains):.2f}x over its start; evolutionary@4T's "
+            f"last 3T trials gain {gmean(tails):.2f}x over its best after T.",
+        ]
     return lines
 
 
