@@ -28,6 +28,8 @@ latencies of the re-measurement are comparable.
 Example (the default variants: cost-model ranking of neighbors on and off)::
 
     python scripts/ab_droplet.py --kernels GMM:1,C2D:1,DEP:1 --seeds 1,2,3 --jobs 6
+
+Results: ``<out>/ab_droplet.json`` and a table on stdout; ``--smoke`` runs one tiny pair (CI).
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default="ab_out")
     parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--smoke", action="store_true", help="GMM:0, one seed, 24 trials, one job (for CI)"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 24, 8
+        args.jobs, args.cores, args.rounds = 1, 1, 3
     try:
         args.variants = json.loads(args.variants)
         assert isinstance(args.variants, dict) and args.variants
@@ -232,7 +240,10 @@ def main(argv=None):
     print(json.dumps(summary, indent=1))
     with open(os.path.join(args.out, "ab_droplet.json"), "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "results": results, "summary": summary}, f, indent=1)
-    return 0
+    bad = [r for r in results if not r.get("median_us") or r.get("correct") is not True]
+    for r in bad:
+        print(f"FAILED: {r['kernel']} seed {r['seed']} {r['variant']}: not tuned, timed or correct")
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
