@@ -169,16 +169,17 @@ def main(argv=None):
                 command,
                 env=env,
                 stdout=subprocess.DEVNULL,
-                stderr=open(path + ".log", "w", encoding="utf-8"),
+                stderr=(log := open(path + ".log", "w", encoding="utf-8")),  # noqa: SIM115
                 preexec_fn=lambda c=cores: os.sched_setaffinity(0, c),
             )
-            running.append((proc, cores, kind, key, path))
+            running.append((proc, cores, kind, key, path, log))
         time.sleep(1)
         for item in list(running):
-            proc, cores, kind, key, path = item
+            proc, cores, kind, key, path, log = item
             if proc.poll() is None:
                 continue
             running.remove(item)
+            log.close()
             free.append(cores)
             done = None
             if proc.returncode == 0 and os.path.exists(path + ".out"):
