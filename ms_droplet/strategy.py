@@ -786,18 +786,13 @@ class DropletSearch(PySearchStrategy):
             if shash is not None and (shash in state.measured or shash in state.failed):
                 scores[n] = math.inf  # measured already: observed without a trial, so first
                 continue
-            replayed = state.space.replay(vector)
-            if replayed.sch is None:
-                state.counts.invalid += 1
-                self._logger.debug("droplet: invalid neighbor %s: %s", vector, replayed.error)
+            sch = self._replay(state, vector, reject=False)  # the core rejects a None score
+            if sch is None:
                 continue
-            state.hash_of[vector] = replayed.shash
-            state.replays[vector] = replayed.sch
+            state.replays[vector] = sch
             slots.append(n)
             candidates.append(
-                MeasureCandidate(
-                    replayed.sch, ArgInfo.from_entry_func(replayed.sch.mod, remove_preproc=True)
-                )
+                MeasureCandidate(sch, ArgInfo.from_entry_func(sch.mod, remove_preproc=True))
             )
         try:
             predicted = state.cost_model.predict(self._context, candidates) if candidates else []
@@ -810,12 +805,14 @@ class DropletSearch(PySearchStrategy):
         state.rank_secs += time.perf_counter() - tic
         return scores
 
-    def _replay(self, state: _RunState, vector: Vector):
-        """The postprocessed schedule of ``vector``, or None (counted, rejected) if invalid."""
+    def _replay(self, state: _RunState, vector: Vector, reject: bool = True):
+        """The postprocessed schedule of ``vector``, or None (counted, and rejected in the core
+        when ``reject``) if invalid."""
         replayed = state.space.replay(vector)
         if replayed.sch is None:
             state.counts.invalid += 1
-            state.core.reject(vector)
+            if reject:
+                state.core.reject(vector)
             self._logger.debug("droplet: invalid neighbor %s: %s", vector, replayed.error)
             return None
         state.hash_of[vector] = replayed.shash

@@ -19,11 +19,11 @@
 
 Every (kernel, seed, variant) is its own droplet@T tuning run in its own process, several at
 once on disjoint CPU cores (``--jobs`` x ``--cores``: on a many-core machine this makes a
-variant comparison take minutes); then, one kernel and seed at a time and with nothing else
-running, the variants' winners are re-measured side by side in a fresh process pinned to the
-same number of cores (``bench_kernels.measure_fresh``). This is a development tool: its runs
-share memory bandwidth while tuning, so its tuning times are not the benchmark's; the kernel
-latencies of the re-measurement are comparable.
+variant comparison take minutes). Once a kernel and seed's variants are tuned, their winners
+are re-measured side by side, interleaved, in one fresh process on its own cores
+(``bench_kernels.py --measure-spec``), while other jobs go on. This is a development tool: its
+jobs share memory bandwidth and caches, so its tuning times are not the benchmark's, and its
+latencies compare the variants of one kernel and seed (timed together) rather than machines.
 
 Example (the default variants: the default options, then cost-model ranking of neighbors)::
 
