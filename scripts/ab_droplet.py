@@ -29,6 +29,18 @@ Example (the default variants: the default options, then cost-model ranking of n
 
     python scripts/ab_droplet.py --kernels GMM:1,C2D:1,DEP:1 --seeds 1,2,3 --jobs 6
 
+With ``--shared-exploration N`` the variants share their exploration: per kernel and seed one
+evolutionary run of N trials is tuned first, and every variant descends from a copy of its
+database for the remaining ``--trials - N`` trials (``DropletSearch`` counts the known records
+toward its exploration). The variants then differ in their descent alone, which removes the
+largest source of variance between droplet runs (what the exploration happened to find) from a
+comparison of descent options; the exploration's own best is timed beside them as
+``exploration``. The cost model starts untrained in each descent process.
+
+``--work-root DIR`` keeps every run under DIR with fixed names; a second invocation with the
+same arguments skips the runs and timings already done (a killed run is tuned again from
+scratch), so an A/B can span several time-limited calls.
+
 Results: ``<out>/ab_droplet.json`` and a table on stdout; ``--smoke`` runs one tiny pair (CI).
 """
 
@@ -38,6 +50,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +74,19 @@ def parse_args(argv=None):
     parser.add_argument("--cores", type=int, default=2, help="cores per run (and per timing)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--out", default="ab_out")
+    parser.add_argument(
+        "--shared-exploration",
+        type=int,
+        default=0,
+        metavar="N",
+        help="explore N trials once per kernel and seed; every variant descends from a copy",
+    )
+    parser.add_argument(
+        "--work-root",
+        default=None,
+        help="keep runs here under fixed names and skip those already done (default: a new "
+        "folder under --out)",
+    )
     parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--smoke", action="store_true", help="GMM:0, one seed, 24 trials, one job (for CI)"
@@ -69,6 +95,11 @@ def parse_args(argv=None):
     if args.smoke:
         args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 24, 8
         args.jobs, args.cores, args.rounds = 1, 1, 3
+    if not 0 <= args.shared_exploration < args.trials:
+        parser.error(
+            f"--shared-exploration must be in [0, --trials), got {args.shared_exploration} "
+            f"with --trials {args.trials}; the descent needs trials left after the exploration"
+        )
     try:
         args.variants = json.loads(args.variants)
         assert isinstance(args.variants, dict) and args.variants
@@ -94,11 +125,13 @@ def tune_one_main(path):
     name, index = spec["kernel"].split(":")
     mod = _normalize_mod(create_te_workload(name, int(index)))
     target = host_target(num_cores=spec["cores"])
+    if spec.get("copy_from"):
+        shutil.copytree(spec["copy_from"], spec["work_dir"], ignore=shutil.ignore_patterns("logs"))
     _, wall, curve, _, reports = tune_one(
         mod,
         target,
         spec["work_dir"],
-        "droplet",
+        spec.get("strategy", "droplet"),
         spec["trials"],
         spec["per_iter"],
         spec["seed"],
@@ -109,62 +142,108 @@ def tune_one_main(path):
         json.dump({"tuning_s": wall, "trials_used": curve.trials, "reports": reports}, f)
 
 
-def main(argv=None):
+def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     args = parse_args(argv)
     if args.tune_one:
         return tune_one_main(args.tune_one)
     os.makedirs(args.out, exist_ok=True)
-    runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
+    if args.work_root:
+        runs_dir = os.path.abspath(args.work_root)
+        os.makedirs(runs_dir, exist_ok=True)
+    else:
+        runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
     kernels = args.kernels.split(",")
+    names = list(args.variants)
+    shared = args.shared_exploration
     bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_kernels.py")
-    # Jobs: a tuning run per (kernel, seed, variant); a timing job per (kernel, seed), which
-    # starts once its variants are tuned. Each job gets its own cores.
-    todo = [
-        ("tune", (kernel, seed, variant))
-        for kernel in kernels
-        for seed in seeds
-        for variant in args.variants
-    ]
+    # Jobs: (with --shared-exploration) an exploration run per (kernel, seed); a tuning run per
+    # (kernel, seed, variant); a timing job per (kernel, seed), which starts once its variants
+    # are tuned. Each job gets its own cores.
+    if shared:
+        todo = [("explore", (kernel, seed)) for kernel in kernels for seed in seeds]
+    else:
+        todo = [("tune", (k, s, v)) for k in kernels for s in seeds for v in names]
     free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]
-    running, runs, timed = [], {}, {}
+    running, runs, timed, explored = [], {}, {}, {}
     start = time.perf_counter()
     # TVM pins its worker threads to the first cores of the machine unless told not to: jobs
     # would then share cores 0..n-1 whatever their affinity (timings 10-50x off).
     env = dict(os.environ, TVM_NUM_THREADS=str(args.cores), TVM_BIND_THREADS="0")
+
+    def tag_of(kernel, seed):
+        return f"{kernel.replace(':', '_')}_{seed}"
+
+    def spec_of(kind, key):
+        if kind == "explore":
+            kernel, seed = key
+            return os.path.join(runs_dir, f"explore_{tag_of(kernel, seed)}.json"), {
+                "kernel": kernel,
+                "seed": seed,
+                "strategy": "evolutionary",
+                "trials": shared,
+                "per_iter": args.trials_per_iter,
+                "options": None,
+                "cores": args.cores,
+                "work_dir": os.path.join(runs_dir, f"explore_{tag_of(kernel, seed)}"),
+            }
+        if kind == "tune":
+            kernel, seed, variant = key
+            tag = f"{tag_of(kernel, seed)}_v{names.index(variant)}"
+            options = dict(args.variants[variant])
+            if shared:
+                options = {"exploration_trials": shared, **options}
+            return os.path.join(runs_dir, tag + ".json"), {
+                "kernel": kernel,
+                "seed": seed,
+                "trials": args.trials - shared,
+                "per_iter": args.trials_per_iter,
+                "options": options,
+                "cores": args.cores,
+                "work_dir": os.path.join(runs_dir, tag),
+                "copy_from": explored[(kernel, seed)]["work_dir"] if shared else None,
+            }
+        kernel, seed = key
+        dirs = [runs[(kernel, seed, v)]["spec"]["work_dir"] for v in names]
+        if shared:
+            dirs.append(explored[(kernel, seed)]["work_dir"])
+        return os.path.join(runs_dir, f"time_{tag_of(kernel, seed)}.json"), {
+            "kernel": kernel,
+            "rounds": args.rounds,
+            "runs": [{"work_dir": d, "first": None} for d in dirs],
+        }
+
+    def finished(kind, key, spec, done):
+        if kind == "explore":
+            explored[key] = {**spec, **(done or {}), "ok": done is not None}
+            if done is not None:
+                todo[0:0] = [("tune", (*key, v)) for v in names]
+        elif kind == "tune":
+            runs[key] = {"spec": spec, **(done or {}), "over": True}
+            kernel, seed, _ = key
+            if all(runs.get((kernel, seed, v), {}).get("over") for v in names):
+                todo.insert(0, ("time", (kernel, seed)))
+        else:
+            timed[key] = done
+
     while todo or running:
         while todo and free:
             kind, key = todo.pop(0)
-            cores = free.pop(0)
-            if kind == "tune":
-                kernel, seed, variant = key
-                tag = f"{kernel.replace(':', '_')}_{seed}_{len(runs)}"
-                spec = {
-                    "kernel": kernel,
-                    "seed": seed,
-                    "trials": args.trials,
-                    "per_iter": args.trials_per_iter,
-                    "options": args.variants[variant],
-                    "cores": args.cores,
-                    "work_dir": os.path.join(runs_dir, tag),
-                }
-                path = os.path.join(runs_dir, tag + ".json")
-                command = [sys.executable, os.path.abspath(__file__), "--tune-one", path]
-                runs[key] = {"spec": spec, "path": path}
-            else:
-                kernel, seed = key
-                path = os.path.join(runs_dir, f"time_{kernel.replace(':', '_')}_{seed}.json")
-                spec = {
-                    "kernel": kernel,
-                    "rounds": args.rounds,
-                    "runs": [
-                        {"work_dir": runs[(kernel, seed, v)]["spec"]["work_dir"], "first": None}
-                        for v in args.variants
-                    ],
-                }
+            path, spec = spec_of(kind, key)
+            if os.path.exists(path + ".out"):  # done by an earlier invocation
+                with open(path + ".out", encoding="utf-8") as f:
+                    finished(kind, key, spec, json.load(f))
+                print(f"{time.perf_counter() - start:7.1f} s  {kind} {key} done before", flush=True)
+                continue
+            if kind == "time":
                 command = [sys.executable, bench, "--measure-spec", path]
+            else:
+                command = [sys.executable, os.path.abspath(__file__), "--tune-one", path]
+                if os.path.exists(spec["work_dir"]):  # left by a killed invocation
+                    shutil.rmtree(spec["work_dir"])
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(spec, f)
+            cores = free.pop(0)
             proc = subprocess.Popen(
                 command,
                 env=env,
@@ -172,10 +251,10 @@ def main(argv=None):
                 stderr=(log := open(path + ".log", "w", encoding="utf-8")),  # noqa: SIM115
                 preexec_fn=lambda c=cores: os.sched_setaffinity(0, c),
             )
-            running.append((proc, cores, kind, key, path, log))
+            running.append((proc, cores, kind, key, path, spec, log))
         time.sleep(1)
         for item in list(running):
-            proc, cores, kind, key, path, log = item
+            proc, cores, kind, key, path, spec, log = item
             if proc.poll() is None:
                 continue
             running.remove(item)
@@ -189,23 +268,16 @@ def main(argv=None):
                 f"{time.perf_counter() - start:7.1f} s  {kind} {key} rc={proc.returncode}",
                 flush=True,
             )
-            if kind == "tune":
-                runs[key].update(done or {})
-                kernel, seed, _ = key
-                runs[key]["over"] = True
-                if all(runs.get((kernel, seed, v), {}).get("over") for v in args.variants):
-                    todo.insert(0, ("time", (kernel, seed)))
-            else:
-                timed[key] = done
+            finished(kind, key, spec, done)
     results = []
     for kernel in kernels:
         for seed in seeds:
-            measured = timed.get((kernel, seed)) or [{} for _ in args.variants]
-            for variant, fields in zip(args.variants, measured):
+            measured = timed.get((kernel, seed)) or [{} for _ in range(len(names) + bool(shared))]
+            for variant, fields in zip(names, measured):
                 key = (kernel, seed, variant)
                 entry = {"kernel": kernel, "seed": seed, "variant": variant, **fields}
                 for field in ("tuning_s", "trials_used", "reports"):
-                    entry[field] = runs[key].get(field)
+                    entry[field] = runs.get(key, {}).get(field)
                 results.append(entry)
                 rep = (entry["reports"] or [{}])[0]
                 print(
@@ -217,11 +289,22 @@ def main(argv=None):
                     f"  correct {entry.get('correct')}",
                     flush=True,
                 )
+            if shared:
+                fields = measured[len(names)] if len(measured) > len(names) else {}
+                start_entry = {"kernel": kernel, "seed": seed, "variant": "exploration", **fields}
+                start_entry["tuning_s"] = explored.get((kernel, seed), {}).get("tuning_s")
+                start_entry["trials_used"] = explored.get((kernel, seed), {}).get("trials_used")
+                results.append(start_entry)
+                print(
+                    f"{kernel} s{seed} {'exploration':14s} "
+                    f"{start_entry.get('median_us') or math.nan:9.2f} us"
+                    f"  (the shared start, {shared} trials)",
+                    flush=True,
+                )
     from scipy.stats import gmean
 
-    names = list(args.variants)
     summary = {}
-    for other in names[1:]:
+    for other in names[1:] + (["exploration"] if shared else []):
         ratios = []
         for kernel in kernels:
             for seed in seeds:
@@ -242,6 +325,8 @@ def main(argv=None):
     with open(os.path.join(args.out, "ab_droplet.json"), "w", encoding="utf-8") as f:
         json.dump({"args": vars(args), "results": results, "summary": summary}, f, indent=1)
     bad = [r for r in results if not r.get("median_us") or r.get("correct") is not True]
+    if args.work_root:
+        print(f"runs kept in {runs_dir}")
     for r in bad:
         print(f"FAILED: {r['kernel']} seed {r['seed']} {r['variant']}: not tuned, timed or correct")
     return 1 if bad else 0
