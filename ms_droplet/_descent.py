@@ -265,7 +265,8 @@ class DescentCore:
     start : Vector
         The starting decisions, one per coordinate.
     start_samples : Sequence[float]
-        Known run times of ``start`` (may be empty: it is then measured first).
+        Known run times of ``start`` (may be empty: it is then proposed first, with its
+        first neighbors in the same batch).
     coordinates : Sequence[Coordinate]
         The coordinates at ``start``.
     config : DescentConfig
@@ -373,11 +374,11 @@ class DescentCore:
         if max_count <= 0 or self.stop_reason is not None:
             return out
         if not self._has_incumbent_samples():
+            # The start, then its first neighbors in the same batch (one runner call).
             if self.incumbent not in self._pending:
                 self._pending.add(self.incumbent)
                 out.append(Proposal(self.incumbent))
-            return out
-        if self._contested:
+        elif self._contested:
             cap = self.config.max_measurements
             if self._obs[self.incumbent].measurements < cap and self.incumbent not in self._pending:
                 self._pending.add(self.incumbent)

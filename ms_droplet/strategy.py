@@ -167,6 +167,8 @@ class _RunState:
         self.search_secs = 0.0  # time spent in this strategy's own descent code
         self.lock: str | None = None  # the work directory lock held until post_tuning
         self.descent_start = math.nan  # mean run time of the descent's starting schedule
+        self.fresh_start: Vector | None = None  # a known start to measure again
+        self.start_known: tuple[Vector, list[float]] | None = None  # its earlier run times
         self.cost_model = None  # handed to each evolutionary exploration round
         self.optima: set[int] = set()  # hashes of schedules a descent ended on
         self.replays: dict[Vector, object] = {}  # schedules built to rank the neighborhood
@@ -237,6 +239,14 @@ class DropletSearch(PySearchStrategy):
         on measurements alone. Off by default: in two A/Bs of 21 runs on CPU it made no
         measurable difference (0.955x) and costs a replay of every step-1 neighbor per move
         (``docs/benchmarks/ab-rank.md``).
+    remeasure_start : bool
+        Measure the descent's starting schedule again, in the first descent batch beside its
+        first neighbors, and compare neighbors with that measurement only. The start is the
+        fastest of many measured schedules, so its recorded time is biased low (the winner's
+        curse: 9 % on the CPU kernels of ``docs/benchmarks/descent-ab.md``) and was taken
+        under other conditions (another process, a resumed database); against it, neighbors
+        with real gains smaller than that bias are rejected without a second look. Costs one
+        trial a descent.
     **evolutionary_options
         Passed to ``EvolutionarySearch`` (``population_size``, ``init_measured_ratio``,
         ``init_min_unmeasured``, ``max_fail_count``, ``genetic_num_iters``,
@@ -256,6 +266,7 @@ class DropletSearch(PySearchStrategy):
         descent_batch: int | None = 8,
         max_restarts: int | None = None,
         rank_neighbors: bool = False,
+        remeasure_start: bool = True,
         **evolutionary_options,
     ) -> None:
         _check_int("exploration_trials", exploration_trials, minimum=0, allow_none=True)
@@ -267,11 +278,14 @@ class DropletSearch(PySearchStrategy):
         _check_int("max_measurements", max_measurements, minimum=1)
         _check_int("max_restarts", max_restarts, minimum=0, allow_none=True)
         _check_int("descent_batch", descent_batch, minimum=1, allow_none=True)
-        if not isinstance(rank_neighbors, bool):
-            raise ValueError(
-                f"DropletSearch: rank_neighbors must be True or False, got {rank_neighbors!r}; "
-                f"{_fix('rank_neighbors')}"
-            )
+        for flag, value in (
+            ("rank_neighbors", rank_neighbors),
+            ("remeasure_start", remeasure_start),
+        ):
+            if not isinstance(value, bool):
+                raise ValueError(
+                    f"DropletSearch: {flag} must be True or False, got {value!r}; {_fix(flag)}"
+                )
         if max_measurements < min_measurements:
             raise ValueError(
                 f"DropletSearch: max_measurements must be >= min_measurements, got "
@@ -283,13 +297,15 @@ class DropletSearch(PySearchStrategy):
             raise TypeError(
                 f"DropletSearch: unknown option(s) {unknown}; the options are "
                 "exploration_trials, p_value, min_gain, max_step, min_measurements, "
-                "max_measurements, sure_gain, descent_batch, max_restarts, rank_neighbors and the "
+                "max_measurements, sure_gain, descent_batch, max_restarts, rank_neighbors, "
+                "remeasure_start and the "
                 f"EvolutionarySearch options {list(_EVOLUTIONARY_OPTIONS)}"
             )
         self.exploration_trials = exploration_trials
         self.max_restarts = max_restarts
         self.descent_batch = descent_batch
         self.rank_neighbors = rank_neighbors
+        self.remeasure_start = remeasure_start
         self.config = DescentConfig(
             p_value=float(p_value),
             min_gain=float(min_gain),
@@ -524,6 +540,11 @@ class DropletSearch(PySearchStrategy):
                     self._logger.debug("droplet: candidate failed: %s", _brief(result.error_msg))
                 if state.core is not None and i < len(batch.vectors):
                     for vector in batch.vectors[i]:
+                        if state.start_known is not None and vector == state.start_known[0]:
+                            # A failed second look at a start that ran before: descend on
+                            # its earlier run times rather than end the descent.
+                            samples = samples or state.start_known[1]
+                            state.start_known = None
                         state.core.observe(vector, samples)
             if state.core is not None and batch.vectors:
                 tic = time.perf_counter()
@@ -544,6 +565,7 @@ class DropletSearch(PySearchStrategy):
             descent_batch=self.descent_batch,
             max_restarts=self.max_restarts,
             rank_neighbors=self.rank_neighbors,
+            remeasure_start=self.remeasure_start,
             **self.evolutionary_options,
         )
         twin.reports = self.reports
@@ -692,9 +714,13 @@ class DropletSearch(PySearchStrategy):
             state.hash_of[start] = start_hash
         if start_samples and math.isnan(state.descent_start):  # the first descent's start
             state.descent_start = float(np.mean(start_samples))
+        # The start won a selection among noisy measurements: its own are biased low. The
+        # core then gets none and measures it again beside its first neighbors.
+        state.fresh_start = start if self.remeasure_start and start_samples else None
+        state.start_known = (start, list(start_samples)) if state.fresh_start is not None else None
         state.core = DescentCore(
             start,
-            start_samples,
+            [] if state.fresh_start is not None else start_samples,
             space.coordinates_at(start),
             self.config,
             state.rng,
@@ -703,7 +729,9 @@ class DropletSearch(PySearchStrategy):
         )
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
-            "decisions" + (" (no descent ended there before)" if state.optima else ""),
+            "decisions"
+            + (" (no descent ended there before)" if state.optima else "")
+            + ("; measuring it again" if state.fresh_start is not None else ""),
             state.counts.exploration,
             source,
             _fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
@@ -736,7 +764,8 @@ class DropletSearch(PySearchStrategy):
                     if sch is None:
                         continue
                     shash = state.hash_of[vector]
-                if proposal.remeasure:
+                if proposal.remeasure or vector == state.fresh_start:
+                    state.fresh_start = None
                     state.counts.remeasured += 1
                 elif shash in state.failed or shash in state.measured:
                     state.counts.duplicates += 1

@@ -119,11 +119,30 @@ def test_point_without_neighbors_finishes_after_measuring_start():
 
 def test_failed_start_stops():
     core = DescentCore(((8, 1),), [], [COORDS[0]], DescentConfig(), np.random.default_rng(0))
-    (p,) = core.propose(4)
-    core.observe(p.vector, [])
+    proposals = core.propose(4)
+    assert proposals[0].vector == ((8, 1),)
+    for p in proposals:
+        core.observe(p.vector, [] if p.vector == ((8, 1),) else [1.0])
     assert core.conclude() is None
     assert core.propose(4) == []
     assert "failed" in core.stop_reason
+
+
+def test_unmeasured_start_goes_out_with_its_first_neighbors():
+    start = ((8, 1),)
+    core = DescentCore(start, [], [COORDS[0]], DescentConfig(), np.random.default_rng(0))
+    first = core.propose(3)
+    assert [p.vector for p in first][0] == start
+    assert len(first) == 3 and len({p.vector for p in first}) == 3
+    assert all(not p.remeasure for p in first)
+    # Pending: neither the start nor those neighbors come again; later neighbors do.
+    more = core.propose(10)
+    assert start not in [p.vector for p in more]
+    assert not {p.vector for p in more} & {p.vector for p in first}
+    for p in first + more:
+        core.observe(p.vector, [2.0, 2.0] if p.vector == start else [4.0, 4.0])
+    assert core.conclude() is None
+    assert core.incumbent_samples == [2.0, 2.0]
 
 
 def test_failures_are_never_accepted():

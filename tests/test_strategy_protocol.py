@@ -132,11 +132,24 @@ def test_descent_improves_on_exploration_and_never_repeats(host_target, droplet_
 
 
 def test_single_call_mode_never_repeats_a_module(host_target):
-    strategy = DropletSearch(exploration_trials=4, min_measurements=1)
+    strategy = DropletSearch(exploration_trials=4, min_measurements=1, remeasure_start=False)
     batches, _ = drive(strategy, host_target, 40, 8)
     hashes = [h for batch in batches for h, _ in batch]
     assert len(hashes) == len(set(hashes))
     assert strategy.reports[0].remeasured == 0
+
+
+@pytest.mark.parametrize("again", [True, False])
+def test_start_is_measured_again_beside_its_first_neighbors(host_target, droplet_log, again):
+    strategy = DropletSearch(exploration_trials=8, remeasure_start=again, min_measurements=1)
+    batches, _ = drive(strategy, host_target, 16, 8)
+    explored, first_descent = batches[0], batches[1]
+    start = min(explored, key=lambda item: item[1])[0]
+    hashes = [h for h, _ in first_descent]
+    assert len(hashes) == 8, "the start must not take a batch of its own"
+    assert (start in hashes) is again
+    assert strategy.reports[0].remeasured == int(again)
+    assert ("measuring it again" in droplet_log.text()) is again
 
 
 def test_stops_at_local_optimum_and_leaves_budget_without_restarts(host_target, droplet_log):
