@@ -35,7 +35,11 @@ database for the remaining ``--trials - N`` trials (``DropletSearch`` counts the
 toward its exploration). The variants then differ in their descent alone, which removes the
 largest source of variance between droplet runs (what the exploration happened to find) from a
 comparison of descent options; the exploration's own best is timed beside them as
-``exploration``. The cost model starts untrained in each descent process.
+``exploration``. The cost model starts untrained in each descent process, unless
+``--warm-model`` first trains it on the copied records (as a run that had explored them would
+have). A variant may name ``"strategy": "evolutionary"`` among its options: it then spends
+the remaining trials on MetaSchedule's evolutionary search instead (with ``--warm-model``: the
+paired comparison of descent against more exploration).
 
 ``--work-root DIR`` keeps every run under DIR with fixed names; a second invocation with the
 same arguments skips the runs and timings already done (a killed run is tuned again from
@@ -82,10 +86,22 @@ def parse_args(argv=None):
         help="explore N trials once per kernel and seed; every variant descends from a copy",
     )
     parser.add_argument(
+        "--warm-model",
+        action="store_true",
+        help="with --shared-exploration: train each run's cost model on the copied records first",
+    )
+    parser.add_argument(
         "--work-root",
         default=None,
         help="keep runs here under fixed names and skip those already done (default: a new "
         "folder under --out)",
+    )
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="print Markdown tables of earlier ab_droplet.json files and exit",
     )
     parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
@@ -108,6 +124,31 @@ def parse_args(argv=None):
     return args
 
 
+def warm_cost_model(mod, target, work_dir, cores):
+    """An XGBoost cost model trained on every valid record of ``work_dir``'s database."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
+
+    model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
+    context = ms.TuneContext(mod=mod, target=target, task_name="warm", num_threads=cores)
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    candidates, results = [], []
+    for record in database.get_all_tuning_records():
+        secs = [float(s) for s in record.run_secs or []]
+        if not secs or not all(0 < s < 1e9 for s in secs):
+            continue
+        sch = tvm.s_tir.Schedule(mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        args = ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        candidates.append(MeasureCandidate(sch, args))
+        results.append(RunnerResult(run_secs=record.run_secs, error_msg=None))
+    model.update(context, candidates, results)
+    return model
+
+
 def tune_one_main(path):
     """Child: one droplet run; writes ``<path>.out``."""
     import logging
@@ -125,8 +166,11 @@ def tune_one_main(path):
     name, index = spec["kernel"].split(":")
     mod = _normalize_mod(create_te_workload(name, int(index)))
     target = host_target(num_cores=spec["cores"])
+    cost_model = "xgb"
     if spec.get("copy_from"):
         shutil.copytree(spec["copy_from"], spec["work_dir"], ignore=shutil.ignore_patterns("logs"))
+        if spec.get("warm_model"):
+            cost_model = warm_cost_model(mod, target, spec["work_dir"], spec["cores"])
     _, wall, curve, _, reports = tune_one(
         mod,
         target,
@@ -137,13 +181,68 @@ def tune_one_main(path):
         spec["seed"],
         options=spec["options"],
         workers=spec["cores"],
+        cost_model=cost_model,
     )
     with open(path + ".out", "w", encoding="utf-8") as f:
         json.dump({"tuning_s": wall, "trials_used": curve.trials, "reports": reports}, f)
 
 
+def _wilcoxon_p(ratios):
+    """Two-sided Wilcoxon signed-rank p-value of ``log(ratios)`` (None under 6 pairs)."""
+    if len(ratios) < 6:
+        return None
+    import numpy as np
+    from scipy.stats import wilcoxon
+
+    return float(wilcoxon(np.log(ratios)).pvalue)
+
+
+def report(paths):
+    """Markdown tables of ``ab_droplet.json`` files: every run, then the paired comparisons."""
+    lines = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        lines += [
+            f"## `{os.path.basename(path)}`",
+            "",
+            "| kernel | seed | variant | re-measured us | IQR us | descent start us "
+            "| best in tuning us | moves | re-measurements | restarts | tuning s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def num(value, scale=1.0, digits=2):
+            return "" if value is None else f"{scale * value:.{digits}f}"
+
+        for r in data["results"]:
+            rep = (r.get("reports") or [{}])[0]
+            lines.append(
+                f"| {r['kernel']} | {r['seed']} | {r['variant']} | {num(r.get('median_us'))} "
+                f"| {num(r.get('iqr_us'))} | {num(rep.get('descent_start_secs'), 1e6)} "
+                f"| {num(rep.get('best_secs'), 1e6)} | {rep.get('moves', '')} "
+                f"| {rep.get('remeasured', '')} | {rep.get('restarts', '')} "
+                f"| {num(r.get('tuning_s'), digits=0)} |"
+            )
+        lines += [
+            "",
+            "| comparison | geomean speed-up of the first | first faster in | pairs | Wilcoxon p |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entry in data["summary"].items():
+            p = entry.get("wilcoxon_p", _wilcoxon_p(entry["ratios"]))
+            lines.append(
+                f"| {name} | {entry['geomean_speedup']:.3f} | {entry['faster_in']} "
+                f"| {entry['pairs']} | {num(p, digits=3)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     args = parse_args(argv)
+    if args.report:
+        print(report(args.report))
+        return 0
     if args.tune_one:
         return tune_one_main(args.tune_one)
     os.makedirs(args.out, exist_ok=True)
@@ -191,11 +290,14 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
             kernel, seed, variant = key
             tag = f"{tag_of(kernel, seed)}_v{names.index(variant)}"
             options = dict(args.variants[variant])
-            if shared:
+            strategy = options.pop("strategy", "droplet")
+            if shared and strategy == "droplet":
                 options = {"exploration_trials": shared, **options}
             return os.path.join(runs_dir, tag + ".json"), {
                 "kernel": kernel,
                 "seed": seed,
+                "strategy": strategy,
+                "warm_model": args.warm_model,
                 "trials": args.trials - shared,
                 "per_iter": args.trials_per_iter,
                 "options": options,
@@ -319,11 +421,21 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 "geomean_speedup": float(gmean(ratios)),
                 "faster_in": sum(r > 1 for r in ratios),
                 "pairs": len(ratios),
+                "wilcoxon_p": _wilcoxon_p(ratios),
                 "ratios": ratios,
             }
     print(json.dumps(summary, indent=1))
+    from bench_kernels import setup_record
+
+    from ms_droplet.target import host_target
+
+    setup = setup_record(args, host_target(num_cores=args.cores))
     with open(os.path.join(args.out, "ab_droplet.json"), "w", encoding="utf-8") as f:
-        json.dump({"args": vars(args), "results": results, "summary": summary}, f, indent=1)
+        json.dump(
+            {"args": vars(args), "setup": setup, "results": results, "summary": summary},
+            f,
+            indent=1,
+        )
     bad = [r for r in results if not r.get("median_us") or r.get("correct") is not True]
     if args.work_root:
         print(f"runs kept in {runs_dir}")

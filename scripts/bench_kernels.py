@@ -199,10 +199,22 @@ class Curve:
         self.callback = _Callback()
 
 
-def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, options=None, workers=None):
+def tune_one(
+    mod,
+    target,
+    work_dir,
+    strategy,
+    budget,
+    per_iter,
+    seed,
+    options=None,
+    workers=None,
+    cost_model="xgb",
+):
     """One real tuning run; returns the database, wall seconds, curve, profile, reports.
 
-    ``options``: ``DropletSearch`` options (droplet only); ``workers``: build processes.
+    ``options``: ``DropletSearch`` options (droplet only); ``workers``: build processes;
+    ``cost_model``: passed to ``tune_tir``.
     """
     from tvm.s_tir import meta_schedule as ms
 
@@ -226,6 +238,7 @@ def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed, options=No
             builder=builder,
             runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
             measure_callbacks=callbacks,
+            cost_model=cost_model,
             seed=seed,
         )
     wall = time.perf_counter() - start

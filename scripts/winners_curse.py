@@ -1,0 +1,156 @@
+#!/usr/bin/env python3
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""How optimistic is the recorded time of the best of N measured schedules?
+
+For each kept work_dir, takes its first ``--first`` records (in the order they were measured:
+an exploration), and measures again, with the tuning runner and ``--calls`` runner calls, the
+fastest of them and ``--others`` others drawn at random. If the best's recorded time is biased
+low by its selection (the winner's curse), its ratio fresh / recorded is larger than the
+others' (which share any drift of the machine between the two measurements). Prints both
+geometric means and a one-sided Mann-Whitney test; ``--out`` writes every ratio as JSON.
+
+Example (the kept droplet runs of a ``bench_kernels.py --keep`` run)::
+
+    python scripts/winners_curse.py /tmp/set2/keep/*_droplet@T --first 32 --out curse.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("work_dirs", nargs="+", help="MetaSchedule work_dirs (JSON databases)")
+    parser.add_argument("--first", type=int, default=32, help="records counted, in file order")
+    parser.add_argument("--others", type=int, default=3, help="random others measured again")
+    parser.add_argument("--calls", type=int, default=3, help="runner calls per schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the ratios here (JSON)")
+    args = parser.parse_args(argv)
+    for name in ("first", "calls"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if not 1 <= args.others < args.first:
+        parser.error(f"--others must be in [1, --first), got {args.others}")
+    return args
+
+
+def records_in_order(work_dir, first):
+    """The first ``first`` records of ``work_dir`` as (TuningRecord, mean run seconds)."""
+    import numpy as np
+    from tvm.s_tir import meta_schedule as ms
+
+    with open(os.path.join(work_dir, "database_workload.json"), encoding="utf-8") as f:
+        workloads = [ms.database.Workload.from_json(json.loads(x)) for x in f if x.strip()]
+    out = []
+    with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            index, raw = json.loads(line)
+            record = ms.database.TuningRecord.from_json(raw, workloads[index])
+            secs = [float(s) for s in record.run_secs or []]
+            valid = secs and all(0 < s < 1e9 for s in secs)
+            out.append((record, float(np.mean(secs)) if valid else float("inf")))
+            if len(out) == first:
+                break
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import numpy as np
+    import tvm
+    from scipy.stats import gmean, mannwhitneyu
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from ms_droplet.builder import FastBuilder
+    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.target import host_target
+
+    rng = np.random.default_rng(args.seed)
+    target = host_target()
+    runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
+    rows = []
+    with FastBuilder() as builder:
+        for work_dir in args.work_dirs:
+            records = records_in_order(work_dir, args.first)
+            finite = [i for i, (_, mean) in enumerate(records) if np.isfinite(mean)]
+            if len(finite) <= args.others:
+                print(f"{work_dir}: only {len(finite)} valid records, skipped", file=sys.stderr)
+                continue
+            best = min(finite, key=lambda i: records[i][1])
+            rest = [i for i in finite if i != best]
+            picks = [best] + [int(i) for i in rng.choice(rest, args.others, replace=False)]
+            mods = []
+            for i in picks:
+                record = records[i][0]
+                sch = tvm.s_tir.Schedule(record.workload.mod)
+                record.trace.apply_to_schedule(sch, remove_postproc=False)
+                mods.append(sch.mod)
+            fresh = {i: [] for i in picks}
+            for _ in range(args.calls):
+                built = builder.build([BuilderInput(m, target) for m in mods])
+                inputs = [
+                    RunnerInput(
+                        b.artifact_path,
+                        "cpu",
+                        ArgInfo.from_entry_func(m, remove_preproc=True),
+                    )
+                    for b, m in zip(built, mods)
+                ]
+                for i, future in zip(picks, runner.run(inputs)):
+                    result = future.result()
+                    if result.run_secs:
+                        fresh[i].append(float(np.mean([float(s) for s in result.run_secs])))
+            if not all(fresh[i] for i in picks):
+                print(f"{work_dir}: a schedule failed to run again, skipped", file=sys.stderr)
+                continue
+            ratio = {i: float(np.mean(fresh[i]) / records[i][1]) for i in picks}
+            row = {
+                "work_dir": work_dir,
+                "best_ratio": ratio[best],
+                "other_ratios": [ratio[i] for i in picks[1:]],
+            }
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    best = [r["best_ratio"] for r in rows]
+    others = [x for r in rows for x in r["other_ratios"]]
+    summary = {
+        "best_fresh_over_recorded": float(gmean(best)),
+        "others_fresh_over_recorded": float(gmean(others)),
+        "selection_bias": float(gmean(best) / gmean(others)),
+        "mannwhitney_p": float(mannwhitneyu(best, others, alternative="greater").pvalue),
+        "work_dirs": len(rows),
+    }
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
