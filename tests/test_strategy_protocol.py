@@ -177,9 +177,16 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
     assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
 
 
-def test_failures_are_counted_and_never_raise(host_target, droplet_log):
+@pytest.mark.parametrize("again", [False, True])
+def test_failures_are_counted_and_never_raise(host_target, droplet_log, again):
+    # With remeasure_start, the start's second look is trial 5: it fails, and the descent
+    # goes on with the start's recorded time instead of ending.
     batches, _ = drive(
-        DropletSearch(exploration_trials=4), host_target, 24, 4, failing=lambda i: i % 3 == 1
+        DropletSearch(exploration_trials=4, remeasure_start=again),
+        host_target,
+        24,
+        4,
+        failing=lambda i: i % 3 == 1,
     )
     assert sum(len(b) for b in batches) == 24
     text = droplet_log.text()
@@ -254,9 +261,9 @@ class OracleModel(PyCostModel):
 def test_neighbors_are_measured_best_predicted_first(host_target):
     def first_descent_batch(rank):
         strategy = DropletSearch(exploration_trials=0, descent_batch=8, rank_neighbors=rank)
-        batches, _ = drive(strategy, host_target, 9, 8, cost_model=OracleModel())
-        assert [len(b) for b in batches] == [1, 8]  # the start, then its neighbors
-        return [cost for _, cost in batches[1]]  # the measured synthetic costs, in order
+        batches, _ = drive(strategy, host_target, 8, 8, cost_model=OracleModel())
+        assert [len(b) for b in batches] == [8]  # the start with its first neighbors
+        return [cost for _, cost in batches[0][1:]]  # the neighbors' synthetic costs, in order
 
     ranked, unranked = first_descent_batch(True), first_descent_batch(False)
     assert ranked == sorted(ranked)
@@ -392,3 +399,10 @@ def test_register_is_idempotent_and_keeps_other_names():
     assert SearchStrategy.create is before
     assert SearchStrategy.create("droplet").exploration_trials is None
     assert type(SearchStrategy.create("replay-func")).__name__ == "ReplayFunc"
+
+
+def test_exploration_samples_what_evolutionary_search_alone_would(host_target):
+    """Same seed, same cost model: droplet's first exploration batch is evolutionary's."""
+    droplet, _ = drive(DropletSearch(exploration_trials=8), host_target, 16, 8, seed=5)
+    alone, _ = drive(ms.search_strategy.EvolutionarySearch(), host_target, 8, 8, seed=5)
+    assert [h for h, _ in droplet[0]] == [h for h, _ in alone[0]]
