@@ -167,8 +167,8 @@ class _RunState:
         self.search_secs = 0.0  # time spent in this strategy's own descent code
         self.lock: str | None = None  # the work directory lock held until post_tuning
         self.descent_start = math.nan  # mean run time of the descent's starting schedule
-        self.fresh_start: Vector | None = None  # a known start to measure again
-        self.start_known: tuple[Vector, list[float]] | None = None  # its earlier run times
+        # A known start to measure again, with its earlier run times, until the result is in.
+        self.start_known: tuple[Vector, list[float]] | None = None
         self.cost_model = None  # handed to each evolutionary exploration round
         self.optima: set[int] = set()  # hashes of schedules a descent ended on
         self.replays: dict[Vector, object] = {}  # schedules built to rank the neighborhood
@@ -726,11 +726,11 @@ class DropletSearch(PySearchStrategy):
             state.descent_start = float(np.mean(start_samples))
         # The start won a selection among noisy measurements: its own are biased low. The
         # core then gets none and measures it again beside its first neighbors.
-        state.fresh_start = start if self.remeasure_start and start_samples else None
-        state.start_known = (start, list(start_samples)) if state.fresh_start is not None else None
+        again = self.remeasure_start and bool(start_samples)
+        state.start_known = (start, list(start_samples)) if again else None
         state.core = DescentCore(
             start,
-            [] if state.fresh_start is not None else start_samples,
+            [] if again else start_samples,
             space.coordinates_at(start),
             self.config,
             state.rng,
@@ -741,7 +741,7 @@ class DropletSearch(PySearchStrategy):
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
             + (" (no descent ended there before)" if state.optima else "")
-            + ("; measuring it again" if state.fresh_start is not None else ""),
+            + ("; measuring it again" if again else ""),
             state.counts.exploration,
             source,
             _fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
@@ -774,8 +774,8 @@ class DropletSearch(PySearchStrategy):
                     if sch is None:
                         continue
                     shash = state.hash_of[vector]
-                if proposal.remeasure or vector == state.fresh_start:
-                    state.fresh_start = None
+                known = state.start_known
+                if proposal.remeasure or (known is not None and vector == known[0]):
                     state.counts.remeasured += 1
                 elif shash in state.failed or shash in state.measured:
                     state.counts.duplicates += 1

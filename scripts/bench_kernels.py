@@ -711,24 +711,33 @@ def measure_spec_main(path):
         json.dump(entries, f)
 
 
-def best_of_records(work_dir, mod, first=None):
-    """The schedule of the fastest valid record of a kept work_dir (of its first ``first``).
-
-    Records are taken in the file's order (``JSONDatabase`` sorts them by run time).
-    """
-    from tvm.s_tir import Schedule
+def records_in_order(work_dir, mod, first=None):
+    """``(TuningRecord, mean run seconds)`` of a kept work_dir of ``mod``, in the order they
+    were measured (the file's; ``JSONDatabase`` sorts them by run time), the first ``first``
+    only if given; the mean is ``inf`` for a failed record."""
     from tvm.s_tir import meta_schedule as ms
 
     workload = ms.database.Workload(mod)
-    best, best_secs = None, math.inf
     with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
         lines = [line for line in f if line.strip()]
+    out = []
     for line in lines[:first] if first else lines:
         # A line is [workload index, record]; every record here is of this one workload.
         record = ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
         secs = [float(x) for x in (record.run_secs or [])]
-        if secs and max(secs) < 1e9 and sum(secs) / len(secs) < best_secs:
-            best, best_secs = record, sum(secs) / len(secs)
+        valid = secs and max(secs) < 1e9
+        out.append((record, sum(secs) / len(secs) if valid else math.inf))
+    return out
+
+
+def best_of_records(work_dir, mod, first=None):
+    """The schedule of the fastest valid record of a kept work_dir (of its first ``first``)."""
+    from tvm.s_tir import Schedule
+
+    best, best_secs = None, math.inf
+    for record, secs in records_in_order(work_dir, mod, first):
+        if secs < best_secs:
+            best, best_secs = record, secs
     if best is None:
         return None
     sch = Schedule(mod)

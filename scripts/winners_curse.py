@@ -36,6 +36,8 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -54,32 +56,19 @@ def parse_args(argv=None):
     return args
 
 
-def records_in_order(work_dir, first):
-    """The first ``first`` records of ``work_dir`` as (TuningRecord, mean run seconds)."""
-    import numpy as np
+def workload_mod(work_dir):
+    """The module of the (first) workload in ``work_dir``'s database."""
     from tvm.s_tir import meta_schedule as ms
 
     with open(os.path.join(work_dir, "database_workload.json"), encoding="utf-8") as f:
-        workloads = [ms.database.Workload.from_json(json.loads(x)) for x in f if x.strip()]
-    out = []
-    with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            index, raw = json.loads(line)
-            record = ms.database.TuningRecord.from_json(raw, workloads[index])
-            secs = [float(s) for s in record.run_secs or []]
-            valid = secs and all(0 < s < 1e9 for s in secs)
-            out.append((record, float(np.mean(secs)) if valid else float("inf")))
-            if len(out) == first:
-                break
-    return out
+        return ms.database.Workload.from_json(json.loads(f.readline())).mod
 
 
 def main(argv=None):
     args = parse_args(argv)
     import numpy as np
     import tvm
+    from bench_kernels import records_in_order
     from scipy.stats import gmean, mannwhitneyu
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -96,7 +85,8 @@ def main(argv=None):
     rows = []
     with FastBuilder() as builder:
         for work_dir in args.work_dirs:
-            records = records_in_order(work_dir, args.first)
+            mod = workload_mod(work_dir)
+            records = records_in_order(work_dir, mod, args.first)
             finite = [i for i, (_, mean) in enumerate(records) if np.isfinite(mean)]
             if len(finite) <= args.others:
                 print(f"{work_dir}: only {len(finite)} valid records, skipped", file=sys.stderr)
@@ -106,9 +96,8 @@ def main(argv=None):
             picks = [best] + [int(i) for i in rng.choice(rest, args.others, replace=False)]
             mods = []
             for i in picks:
-                record = records[i][0]
-                sch = tvm.s_tir.Schedule(record.workload.mod)
-                record.trace.apply_to_schedule(sch, remove_postproc=False)
+                sch = tvm.s_tir.Schedule(mod)
+                records[i][0].trace.apply_to_schedule(sch, remove_postproc=False)
                 mods.append(sch.mod)
             fresh = {i: [] for i in picks}
             for _ in range(args.calls):
