@@ -329,8 +329,9 @@ class DropletSearch(PySearchStrategy):
         self._context = context
         self._logger = _task_logger(str(context.task_name or "main"))
         # The first exploration's strategy forks the context's random state here, where
-        # MetaSchedule initializes its own: with the same seed it then samples what
-        # evolutionary search alone would, instead of a stream forked later.
+        # MetaSchedule initializes its own: from the same context it then samples what
+        # evolutionary search alone would, instead of a stream forked later. (tune_tir does
+        # not reproduce evolutionary samples from a seed anyway; see the README.)
         self._first_inner = self._new_inner()
 
     def pre_tuning(
