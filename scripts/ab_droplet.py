@@ -39,7 +39,10 @@ comparison of descent options; the exploration's own best is timed beside them a
 ``--warm-model`` first trains it on the copied records (as a run that had explored them would
 have). A variant may name ``"strategy": "evolutionary"`` among its options: it then spends
 the remaining trials on MetaSchedule's evolutionary search instead (with ``--warm-model``: the
-paired comparison of descent against more exploration).
+paired comparison of descent against more exploration). A variant may also name
+``"trials"``: its own budget instead of ``--trials`` (for instance evolutionary search at four
+times droplet's budget, the benchmark's comparison, run as many jobs at once). The longest
+runs start first.
 
 ``--work-root DIR`` keeps every run under DIR with fixed names; a second invocation with the
 same arguments skips the runs and timings already done (a killed run is tuned again from
@@ -121,6 +124,14 @@ def parse_args(argv=None):
         assert isinstance(args.variants, dict) and args.variants
     except (json.JSONDecodeError, AssertionError):
         parser.error(f"--variants must be a JSON object name -> options, got {args.variants!r}")
+    for name, options in args.variants.items():
+        trials = options.get("trials", args.trials) if isinstance(options, dict) else None
+        valid = isinstance(trials, int) and not isinstance(trials, bool)
+        if not valid or trials <= args.shared_exploration:
+            parser.error(
+                f'--variants: variant {name!r} must be an object whose optional "trials" is an '
+                f"integer above --shared-exploration ({args.shared_exploration}); got {options!r}"
+            )
     return args
 
 
@@ -225,14 +236,16 @@ def report(paths):
             )
         lines += [
             "",
-            "| comparison | geomean speed-up of the first | first faster in | pairs | Wilcoxon p |",
-            "|---|---|---|---|---|",
+            "| comparison | geomean speed-up of the first | first faster in | pairs | Wilcoxon p "
+            "| tuning time of the first (ratio) |",
+            "|---|---|---|---|---|---|",
         ]
         for name, entry in data["summary"].items():
             p = entry.get("wilcoxon_p", _wilcoxon_p(entry["ratios"]))
             lines.append(
                 f"| {name} | {entry['geomean_speedup']:.3f} | {entry['faster_in']} "
-                f"| {entry['pairs']} | {num(p, digits=3)} |"
+                f"| {entry['pairs']} | {num(p, digits=3)} "
+                f"| {num(entry.get('tuning_time_ratio'), digits=2)} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -263,6 +276,8 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         todo = [("explore", (kernel, seed)) for kernel in kernels for seed in seeds]
     else:
         todo = [("tune", (k, s, v)) for k in kernels for s in seeds for v in names]
+        # The longest runs first: a 4x-budget run started last would end alone, cores idle.
+        todo.sort(key=lambda job: -args.variants[job[1][2]].get("trials", args.trials))
     free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]
     running, runs, timed, explored = [], {}, {}, {}
     start = time.perf_counter()
@@ -291,6 +306,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
             tag = f"{tag_of(kernel, seed)}_v{names.index(variant)}"
             options = dict(args.variants[variant])
             strategy = options.pop("strategy", "droplet")
+            trials = options.pop("trials", args.trials)
             if shared and strategy == "droplet":
                 options = {"exploration_trials": shared, **options}
             return os.path.join(runs_dir, tag + ".json"), {
@@ -298,7 +314,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 "seed": seed,
                 "strategy": strategy,
                 "warm_model": args.warm_model,
-                "trials": args.trials - shared,
+                "trials": trials - shared,
                 "per_iter": args.trials_per_iter,
                 "options": options,
                 "cores": args.cores,
@@ -417,8 +433,17 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 if a and b:
                     ratios.append(b / a)
         if ratios:
+            times = [
+                runs[(k, s, names[0])]["tuning_s"] / runs[(k, s, other)]["tuning_s"]
+                for k in kernels
+                for s in seeds
+                if other in names
+                and runs.get((k, s, names[0]), {}).get("tuning_s")
+                and runs.get((k, s, other), {}).get("tuning_s")
+            ]
             summary[f"{names[0]} vs {other}"] = {
                 "geomean_speedup": float(gmean(ratios)),
+                "tuning_time_ratio": float(gmean(times)) if times else None,
                 "faster_in": sum(r > 1 for r in ratios),
                 "pairs": len(ratios),
                 "wilcoxon_p": _wilcoxon_p(ratios),
