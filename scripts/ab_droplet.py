@@ -209,8 +209,9 @@ def _wilcoxon_p(ratios):
 
 
 def report(paths):
-    """Markdown tables of ``ab_droplet.json`` files: every run, then the paired comparisons."""
-    lines = []
+    """Markdown tables of ``ab_droplet.json`` files: every run, then the paired comparisons
+    (and, for several files, the comparisons pooled over all their pairs)."""
+    lines, pooled = [], {}
     for path in paths:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -248,7 +249,48 @@ def report(paths):
                 f"| {num(entry.get('tuning_time_ratio'), digits=2)} |"
             )
         lines.append("")
+        for name, (speed, secs) in _pairs(data).items():
+            pooled.setdefault(name, ([], []))
+            pooled[name][0].extend(speed)
+            pooled[name][1].extend(secs)
+    if len(paths) > 1 and pooled:
+        from scipy.stats import gmean
+
+        lines += [
+            f"## Pooled over {len(paths)} files",
+            "",
+            "| comparison | geomean speed-up of the first | first faster in | pairs | Wilcoxon p "
+            "| tuning time of the first (ratio) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, (speed, secs) in pooled.items():
+            lines.append(
+                f"| {name} | {gmean(speed):.3f} | {sum(r > 1 for r in speed)} | {len(speed)} "
+                f"| {num(_wilcoxon_p(speed), digits=3)} "
+                f"| {num(gmean(secs) if secs else None, digits=2)} |"
+            )
+        lines.append("")
     return "\n".join(lines)
+
+
+def _pairs(data):
+    """Per comparison of a result file: speed-ups of its first variant, and tuning-time ratios."""
+    names = list(data["args"]["variants"])
+    others = names[1:] + (["exploration"] if data["args"].get("shared_exploration") else [])
+    cases = {}
+    for r in data["results"]:
+        cases.setdefault((r["kernel"], r["seed"]), {})[r["variant"]] = r
+    pairs = {}
+    for other in others:
+        speed, secs = [], []
+        for by in cases.values():
+            a, b = by.get(names[0], {}), by.get(other, {})
+            if a.get("median_us") and b.get("median_us"):
+                speed.append(b["median_us"] / a["median_us"])
+                if other != "exploration" and a.get("tuning_s") and b.get("tuning_s"):
+                    secs.append(a["tuning_s"] / b["tuning_s"])
+        pairs[f"{names[0]} vs {other}"] = (speed, secs)
+    return pairs
 
 
 def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
