@@ -27,6 +27,11 @@ geometric means and a one-sided Mann-Whitney test; ``--out`` writes every ratio 
 Example (the kept droplet runs of a ``bench_kernels.py --keep`` run)::
 
     python scripts/winners_curse.py /tmp/set2/keep/*_droplet@T --first 32 --out curse.json
+
+``--picks`` measures nothing: per work_dir it compares MetaSchedule's final pick (the record
+with the lowest mean, what ``compile_tir`` builds) with the schedule whose measurements, pooled
+over all its records, have the lowest mean. A search that measures a schedule more than once
+(droplet's re-measurements) gives that schedule several draws at the pick.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ def parse_args(argv=None):
     parser.add_argument("--calls", type=int, default=3, help="runner calls per schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the ratios here (JSON)")
+    parser.add_argument(
+        "--picks",
+        action="store_true",
+        help="measure nothing: compare each database's pick with its best pooled schedule",
+    )
     args = parser.parse_args(argv)
     for name in ("first", "calls"):
         if getattr(args, name) < 1:
@@ -64,8 +74,65 @@ def workload_mod(work_dir):
         return ms.database.Workload.from_json(json.loads(f.readline())).mod
 
 
+def compare_picks(work_dirs):
+    """Per work_dir: the database's pick against the schedule with the best pooled mean."""
+    from statistics import mean
+
+    from scipy.stats import gmean
+
+    rows = []
+    for work_dir in work_dirs:
+        pooled, single = {}, []
+        with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                record = json.loads(line)[1]  # [trace, run_secs, target, args_info]
+                secs = [float(x) for x in record[1] or []]
+                if not secs or max(secs) >= 1e9:
+                    continue
+                key = json.dumps(record[0])  # the trace: equal for measurements of one schedule
+                pooled.setdefault(key, []).append(secs)
+                single.append((mean(secs), key))
+        if not single:
+            continue
+        pick_secs, pick = min(single)
+        means = {k: mean(x for secs in v for x in secs) for k, v in pooled.items()}
+        best = min(means, key=means.get)
+        row = {
+            "work_dir": work_dir,
+            "pick_record_us": 1e6 * pick_secs,
+            "pick_pooled_us": 1e6 * means[pick],
+            "pick_records": len(pooled[pick]),
+            "best_pooled_us": 1e6 * means[best],
+            "best_records": len(pooled[best]),
+            "measured_again": sum(len(v) > 1 for v in pooled.values()),
+        }
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    differ = [r for r in rows if r["pick_pooled_us"] > r["best_pooled_us"]]
+    summary = {
+        "work_dirs": len(rows),
+        "pick_is_not_best_pooled": len(differ),
+        "pick_measured_again": sum(r["pick_records"] > 1 for r in rows),
+        "pick_over_best_pooled_geomean": float(
+            gmean([r["pick_pooled_us"] / r["best_pooled_us"] for r in rows])
+        )
+        if rows
+        else None,
+    }
+    print(json.dumps(summary, indent=1))
+    return rows, summary
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.picks:
+        rows, summary = compare_picks(args.work_dirs)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
+        return 0
     import numpy as np
     import tvm
     from bench_kernels import records_in_order
