@@ -28,10 +28,11 @@ Example (the kept droplet runs of a ``bench_kernels.py --keep`` run)::
 
     python scripts/winners_curse.py /tmp/set2/keep/*_droplet@T --first 32 --out curse.json
 
-``--picks`` measures nothing: per work_dir it compares MetaSchedule's final pick (the record
+``--picks``: per work_dir, compares MetaSchedule's final pick (the record
 with the lowest mean, what ``compile_tir`` builds) with the schedule whose measurements, pooled
 over all its records, have the lowest mean. A search that measures a schedule more than once
-(droplet's re-measurements) gives that schedule several draws at the pick.
+(droplet's re-measurements) gives that schedule several draws at the pick. ``--measure``
+then times both again where they differ, interleaved, in ``--calls`` runner calls.
 """
 
 from __future__ import annotations
@@ -55,7 +56,12 @@ def parse_args(argv=None):
     parser.add_argument(
         "--picks",
         action="store_true",
-        help="measure nothing: compare each database's pick with its best pooled schedule",
+        help="compare each database's pick with its best pooled schedule (from the records)",
+    )
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="with --picks: where they differ, measure both again (--calls interleaved calls)",
     )
     args = parser.parse_args(argv)
     for name in ("first", "calls"):
@@ -74,26 +80,30 @@ def workload_mod(work_dir):
         return ms.database.Workload.from_json(json.loads(f.readline())).mod
 
 
-def compare_picks(work_dirs):
-    """Per work_dir: the database's pick against the schedule with the best pooled mean."""
+def compare_picks(work_dirs, calls=0):
+    """Per work_dir: the database's pick against the schedule with the best pooled mean.
+
+    With ``calls``, where the two differ, both are measured again, interleaved, in ``calls``
+    runner calls (``fresh_pick_over_best``: above 1 when the pooled best is really faster).
+    """
     from statistics import mean
 
     from scipy.stats import gmean
 
     rows = []
     for work_dir in work_dirs:
-        pooled, single = {}, []
+        pooled, single, first_line = {}, [], {}
         with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                record = json.loads(line)[1]  # [trace, run_secs, target, args_info]
-                secs = [float(x) for x in record[1] or []]
-                if not secs or max(secs) >= 1e9:
-                    continue
-                key = json.dumps(record[0])  # the trace: equal for measurements of one schedule
-                pooled.setdefault(key, []).append(secs)
-                single.append((mean(secs), key))
+            lines = [line for line in f if line.strip()]
+        for index, line in enumerate(lines):
+            record = json.loads(line)[1]  # [trace, run_secs, target, args_info]
+            secs = [float(x) for x in record[1] or []]
+            if not secs or max(secs) >= 1e9:
+                continue
+            key = json.dumps(record[0])  # the trace: equal for measurements of one schedule
+            pooled.setdefault(key, []).append(secs)
+            first_line.setdefault(key, index)
+            single.append((mean(secs), key))
         if not single:
             continue
         pick_secs, pick = min(single)
@@ -108,9 +118,21 @@ def compare_picks(work_dirs):
             "best_records": len(pooled[best]),
             "measured_again": sum(len(v) > 1 for v in pooled.values()),
         }
+        if calls and best != pick:
+            from bench_kernels import records_in_order
+
+            mod = workload_mod(work_dir)
+            records = records_in_order(work_dir, mod)
+            fresh = measure_again(
+                mod, [records[first_line[k]][0].trace for k in (pick, best)], calls
+            )
+            if fresh:
+                row["fresh_pick_us"], row["fresh_best_us"] = (1e6 * mean(x) for x in fresh)
+                row["fresh_pick_over_best"] = row["fresh_pick_us"] / row["fresh_best_us"]
         print(json.dumps(row), flush=True)
         rows.append(row)
     differ = [r for r in rows if r["pick_pooled_us"] > r["best_pooled_us"]]
+    fresh = [r["fresh_pick_over_best"] for r in rows if "fresh_pick_over_best" in r]
     summary = {
         "work_dirs": len(rows),
         "pick_is_not_best_pooled": len(differ),
@@ -120,23 +142,19 @@ def compare_picks(work_dirs):
         )
         if rows
         else None,
+        "fresh_pick_over_best_geomean": float(gmean(fresh)) if fresh else None,
+        "fresh_pick_slower_in": sum(x > 1 for x in fresh),
+        "fresh_pairs": len(fresh),
     }
     print(json.dumps(summary, indent=1))
     return rows, summary
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.picks:
-        rows, summary = compare_picks(args.work_dirs)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
-        return 0
+def measure_again(mod, traces, calls):
+    """Per trace, the mean run seconds of each of ``calls`` runner calls that run every trace
+    once (interleaved), with the tuning runner and the host target; None if one fails."""
     import numpy as np
     import tvm
-    from bench_kernels import records_in_order
-    from scipy.stats import gmean, mannwhitneyu
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
@@ -146,52 +164,60 @@ def main(argv=None):
     from ms_droplet.cli import default_evaluator_config
     from ms_droplet.target import host_target
 
-    rng = np.random.default_rng(args.seed)
     target = host_target()
     runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
-    rows = []
+    mods = []
+    for trace in traces:
+        sch = tvm.s_tir.Schedule(mod)
+        trace.apply_to_schedule(sch, remove_postproc=False)
+        mods.append(sch.mod)
+    fresh = [[] for _ in mods]
     with FastBuilder() as builder:
-        for work_dir in args.work_dirs:
-            mod = workload_mod(work_dir)
-            records = records_in_order(work_dir, mod, args.first)
-            finite = [i for i, (_, mean) in enumerate(records) if np.isfinite(mean)]
-            if len(finite) <= args.others:
-                print(f"{work_dir}: only {len(finite)} valid records, skipped", file=sys.stderr)
-                continue
-            best = min(finite, key=lambda i: records[i][1])
-            rest = [i for i in finite if i != best]
-            picks = [best] + [int(i) for i in rng.choice(rest, args.others, replace=False)]
-            mods = []
-            for i in picks:
-                sch = tvm.s_tir.Schedule(mod)
-                records[i][0].trace.apply_to_schedule(sch, remove_postproc=False)
-                mods.append(sch.mod)
-            fresh = {i: [] for i in picks}
-            for _ in range(args.calls):
-                built = builder.build([BuilderInput(m, target) for m in mods])
-                inputs = [
-                    RunnerInput(
-                        b.artifact_path,
-                        "cpu",
-                        ArgInfo.from_entry_func(m, remove_preproc=True),
-                    )
-                    for b, m in zip(built, mods)
-                ]
-                for i, future in zip(picks, runner.run(inputs)):
-                    result = future.result()
-                    if result.run_secs:
-                        fresh[i].append(float(np.mean([float(s) for s in result.run_secs])))
-            if not all(fresh[i] for i in picks):
-                print(f"{work_dir}: a schedule failed to run again, skipped", file=sys.stderr)
-                continue
-            ratio = {i: float(np.mean(fresh[i]) / records[i][1]) for i in picks}
-            row = {
-                "work_dir": work_dir,
-                "best_ratio": ratio[best],
-                "other_ratios": [ratio[i] for i in picks[1:]],
-            }
-            print(json.dumps(row), flush=True)
-            rows.append(row)
+        for _ in range(calls):
+            built = builder.build([BuilderInput(m, target) for m in mods])
+            inputs = [
+                RunnerInput(b.artifact_path, "cpu", ArgInfo.from_entry_func(m, remove_preproc=True))
+                for b, m in zip(built, mods)
+            ]
+            for samples, future in zip(fresh, runner.run(inputs)):
+                result = future.result()
+                if result.run_secs:
+                    samples.append(float(np.mean([float(s) for s in result.run_secs])))
+    return fresh if all(len(x) == calls for x in fresh) else None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.picks:
+        rows, summary = compare_picks(args.work_dirs, args.calls if args.measure else 0)
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as f:
+                json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
+        return 0
+    import numpy as np
+    from bench_kernels import records_in_order
+    from scipy.stats import gmean, mannwhitneyu
+
+    rng = np.random.default_rng(args.seed)
+    rows = []
+    for work_dir in args.work_dirs:
+        mod = workload_mod(work_dir)
+        records = records_in_order(work_dir, mod, args.first)
+        finite = [i for i, (_, mean) in enumerate(records) if np.isfinite(mean)]
+        if len(finite) <= args.others:
+            print(f"{work_dir}: only {len(finite)} valid records, skipped", file=sys.stderr)
+            continue
+        best = min(finite, key=lambda i: records[i][1])
+        rest = [i for i in finite if i != best]
+        picks = [best] + [int(i) for i in rng.choice(rest, args.others, replace=False)]
+        fresh = measure_again(mod, [records[i][0].trace for i in picks], args.calls)
+        if fresh is None:
+            print(f"{work_dir}: a schedule failed to run again, skipped", file=sys.stderr)
+            continue
+        ratio = [float(np.mean(x) / records[i][1]) for i, x in zip(picks, fresh)]
+        row = {"work_dir": work_dir, "best_ratio": ratio[0], "other_ratios": ratio[1:]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
     best = [r["best_ratio"] for r in rows]
     others = [x for r in rows for x in r["other_ratios"]]
     summary = {
