@@ -20,12 +20,13 @@ from .conftest import synthetic_cost
 
 _names = itertools.count()
 MOD = create_te_workload("GMM", 0)
+SMALL_SPACE = create_te_workload("NRM", 0)
 
 
-def make_context(strategy, target, seed):
-    """A one-thread tune context of MOD with a task name no other test uses."""
+def make_context(strategy, target, seed, mod=MOD):
+    """A one-thread tune context of ``mod`` with a task name no other test uses."""
     return ms.TuneContext(
-        mod=MOD,
+        mod=mod,
         target=target,
         space_generator="post-order-apply",
         search_strategy=strategy,
@@ -46,9 +47,15 @@ def drive(
     failing=lambda index: False,
     samples=2,
     cost_model=None,
+    mod=MOD,
+    noise=0.0,
 ):
-    """Run one task by hand like the task scheduler does; commit records like AddToDatabase."""
-    context = make_context(strategy, target, seed)
+    """Run one task by hand like the task scheduler does; commit records like AddToDatabase.
+
+    ``noise``: each run time is the synthetic cost times ``1 + noise * N(0, 1)`` (seeded).
+    """
+    noise_rng = np.random.default_rng(seed)
+    context = make_context(strategy, target, seed, mod)
     database = database if database is not None else ms.database.MemoryDatabase()
     context.pre_tuning(
         max_trials,
@@ -71,7 +78,8 @@ def drive(
                 results.append(RunnerResult(run_secs=None, error_msg="fake build failure"))
             else:
                 cost = synthetic_cost(candidate.sch)
-                results.append(RunnerResult(run_secs=[cost] * samples, error_msg=None))
+                secs = [cost * (1 + noise * noise_rng.standard_normal()) for _ in range(samples)]
+                results.append(RunnerResult(run_secs=secs, error_msg=None))
             count += 1
         context.notify_runner_results(candidates, results)
         for candidate, result in zip(candidates, results):
@@ -172,9 +180,32 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
     assert "restart 2:" in text and "restart 3:" not in text
     # Each restart explores one more batch: exploration grows past the first 2 trials.
     assert report.exploration > 2
-    assert "no descent ended there before" in text
+    assert "no descent began or ended there before" in text
     hashes = [h for batch in batches for h, _ in batch]
     assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
+
+
+def test_a_restart_that_finds_nothing_new_ends_the_task(host_target, droplet_log):
+    # NRM:0's space holds about 60 schedules: evolutionary search exhausts it quickly (a small
+    # population keeps its empty batches cheap). Before, restarts went on descending over
+    # known schedules, measuring them again until the budget was spent.
+    strategy = DropletSearch(
+        exploration_trials=16, population_size=64, init_min_unmeasured=8, genetic_num_iters=1
+    )
+    batches, _ = drive(strategy, host_target, 400, 16, mod=SMALL_SPACE, noise=0.1)
+    hashes = [h for batch in batches for h, _ in batch]
+    (report,) = strategy.reports
+    assert len(hashes) < 400
+    assert report.stop_reason == "a restart's exploration found nothing new to measure"
+    assert report.restarts >= 1
+    assert repeats(hashes) == report.remeasured
+    assert report.remeasured <= 3 * (report.restarts + 1), "descents over known schedules"
+    starts = [
+        line.split("descent starts from")[1].split(" over ")[0]
+        for line in droplet_log.text().splitlines()
+        if "descent starts from" in line
+    ]
+    assert len(starts) == report.restarts  # the last restart ended before its descent
 
 
 @pytest.mark.parametrize("again", [False, True])
