@@ -170,8 +170,7 @@ class _RunState:
         # A known start to measure again, with its earlier run times, until the result is in.
         self.start_known: tuple[Vector, list[float]] | None = None
         self.cost_model = None  # handed to each evolutionary exploration round
-        self.optima: set[int] = set()  # hashes of schedules a descent ended on
-        self.starts: set[int] = set()  # hashes of schedules a descent started from
+        self.visited: set[int] = set()  # hashes of schedules a descent began or ended on
         self.explored_before_restart: int | None = None  # exploration count at the last restart
         self.replays: dict[Vector, object] = {}  # schedules built to rank the neighborhood
         self.rank_secs = 0.0  # of search_secs: building and scoring neighbors to rank them
@@ -631,7 +630,7 @@ class DropletSearch(PySearchStrategy):
             return False
         shash = state.hash_of.get(core.incumbent)
         if shash is not None:
-            state.optima.add(shash)
+            state.visited.add(shash)
         state.counts.restarts += 1
         trials = min(remaining, state.num_trials_per_iter)
         self._logger.info(
@@ -707,13 +706,13 @@ class DropletSearch(PySearchStrategy):
         ranked = sorted(
             (float(np.mean(samples)), shash)
             for shash, samples in state.measured.items()
-            if shash in state.traces and shash not in state.optima and shash not in state.starts
+            if shash in state.traces and shash not in state.visited
         )
         if ranked:
             start_hash = ranked[0][1]
             start_trace = state.traces[start_hash]
             source = f"the best measured schedule ({len(ranked)} known, database included)"
-        elif state.optima:
+        elif state.visited:
             state.stop_reason = "every measured schedule is where an earlier descent began or ended"
             return
         elif state.design_spaces:
@@ -731,10 +730,8 @@ class DropletSearch(PySearchStrategy):
         start = space.start
         start_samples = state.measured.get(start_hash, []) if start_hash is not None else []
         if start_hash is not None:
-            state.starts.add(start_hash)
-            # Known without a replay: a descent that never moves still marks its start as an
-            # optimum at a restart, so the next descent does not begin there again.
-            state.hash_of[start] = start_hash
+            state.visited.add(start_hash)  # no later descent begins here again
+            state.hash_of[start] = start_hash  # known without a replay
         if start_samples and math.isnan(state.descent_start):  # the first descent's start
             state.descent_start = float(np.mean(start_samples))
         # The start won a selection among noisy measurements: its own are biased low. The
@@ -753,7 +750,7 @@ class DropletSearch(PySearchStrategy):
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
-            + (" (no descent began or ended there before)" if state.optima else "")
+            + (" (no descent began or ended there before)" if state.counts.restarts else "")
             + ("; measuring it again" if again else ""),
             state.counts.exploration,
             source,
