@@ -274,7 +274,8 @@ def report(paths):
 
 
 def _pairs(data):
-    """Per comparison of a result file: speed-ups of its first variant, and tuning-time ratios."""
+    """Per comparison of a result file (``args`` and ``results``): speed-ups of its first
+    variant over the other, and its tuning-time ratios, pair by pair."""
     names = list(data["args"]["variants"])
     others = names[1:] + (["exploration"] if data["args"].get("shared_exploration") else [])
     cases = {}
@@ -464,26 +465,9 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     from scipy.stats import gmean
 
     summary = {}
-    for other in names[1:] + (["exploration"] if shared else []):
-        ratios = []
-        for kernel in kernels:
-            for seed in seeds:
-                by = {
-                    r["variant"]: r for r in results if (r["kernel"], r["seed"]) == (kernel, seed)
-                }
-                a, b = by[names[0]].get("median_us"), by[other].get("median_us")
-                if a and b:
-                    ratios.append(b / a)
+    for name, (ratios, times) in _pairs({"args": vars(args), "results": results}).items():
         if ratios:
-            times = [
-                runs[(k, s, names[0])]["tuning_s"] / runs[(k, s, other)]["tuning_s"]
-                for k in kernels
-                for s in seeds
-                if other in names
-                and runs.get((k, s, names[0]), {}).get("tuning_s")
-                and runs.get((k, s, other), {}).get("tuning_s")
-            ]
-            summary[f"{names[0]} vs {other}"] = {
+            summary[name] = {
                 "geomean_speedup": float(gmean(ratios)),
                 "tuning_time_ratio": float(gmean(times)) if times else None,
                 "faster_in": sum(r > 1 for r in ratios),
