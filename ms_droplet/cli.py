@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--exploration-trials",
         type=_int_at_least("--exploration-trials", 0),
         default=None,
-        help="droplet only: trials of evolutionary exploration (default: 30%% of --trials, "
-        "between 16 and 300)",
+        help="droplet only: trials of evolutionary exploration (default: half of --trials, "
+        "between 16 and 300, in whole batches)",
     )
     tune.add_argument(
         "--num-trials-per-iter",

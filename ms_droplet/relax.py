@@ -420,7 +420,7 @@ def tune_model(
         ``"droplet"`` (default), any MetaSchedule strategy name, or a strategy object. With
         ``"droplet"`` and no ``max_trials_per_task``, each task explores for
         ``default_exploration_trials(max_trials_global // number of tasks)`` trials: MetaSchedule
-        caps every task at the whole global budget, and droplet's default (30 % of the cap,
+        caps every task at the whole global budget, and droplet's default (half the cap,
         at least 16, up to 300) would spend a model's budget on exploration. Pass a
         ``DropletSearch`` object to choose.
     max_trials_per_task : Optional[int]

@@ -380,10 +380,12 @@ def test_unknown_option_lists_the_allowed_ones():
     [
         (1, None, 1),
         (10, None, 10),
-        (64, None, 19),
+        (64, None, 32),
+        (100, None, 50),
         (1000, None, 300),
         (10**4, None, 300),
-        (64, 16, 32),  # whole batches: 19 -> 32
+        (128, 16, 64),
+        (100, 16, 64),  # whole batches: 50 -> 64
         (20, 16, 16),
         (10, 16, 10),  # never above the budget
         (1000, 16, 304),
