@@ -57,20 +57,23 @@ _EVOLUTIONARY_OPTIONS = tuple(
 def default_exploration_trials(max_trials: int, trials_per_iter: int | None = None) -> int:
     """The exploration budget used when ``exploration_trials`` is not given.
 
-    Half of the task's budget, at least 16 trials and at most 300 (the paper explored 300
-    samples of a 10,000 budget), rounded up to whole batches of ``trials_per_iter`` when it is
-    given, never more than ``max_trials``. Why half: at 128 trials (16 a batch) exploring 64
-    before descending gave 1.043x faster kernels than exploring 48 (30 %), faster in 11 of 17
-    paired runs of the CPU benchmark (not significant) at 1.10x the tuning time, and droplet's
-    gap to evolutionary search at 4x the budget shrank as its exploration grew
-    (``docs/benchmarks/budget-128.md``); at 64 trials, descending from 32 beat 32 more
-    evolutionary trials (``descent-ab.md``). Why whole
-    batches: each evolutionary batch is a whole generation, and a trailing partial one (3 trials
-    at a budget of 64 and 16 a batch, with 30 %) spends a generation on a few candidates; in 14
-    evolutionary runs of the CPU benchmark the best after 32 trials was 1.20x faster (geometric
-    mean) than after 19, the second batch being the first that the cost model guides.
+    Half of the task's budget (rounded up), at least 16 trials and at most 300 (the paper
+    explored 300 samples of a 10,000 budget), rounded up to whole batches of ``trials_per_iter``
+    when it is given, never more than ``max_trials``.
+
+    Why half: at 128 trials (16 a batch) exploring 64 before descending gave 1.043x faster
+    kernels than exploring 48 (30 %), faster in 11 of 17 paired runs of the CPU benchmark (not
+    significant) at 1.10x the tuning time, and droplet's gap to evolutionary search at 4x the
+    budget shrank as its exploration grew (``docs/benchmarks/budget-128.md``); at 64 trials,
+    descending from 32 beat 32 more evolutionary trials (``descent-ab.md``).
+
+    Why whole batches: each evolutionary batch is a whole generation, and a trailing partial
+    one (3 trials at a budget of 64 and 16 a batch, with 30 %) spends a generation on a few
+    candidates; in 14 evolutionary runs of the CPU benchmark the best after 32 trials was 1.20x
+    faster (geometric mean) than after 19, the second batch being the first that the cost model
+    guides.
     """
-    explore = max(16, min(300, round(0.5 * max_trials)))
+    explore = max(16, min(300, (max_trials + 1) // 2))
     if trials_per_iter:
         explore = -(-explore // trials_per_iter) * trials_per_iter
     return max(0, min(max_trials, explore))

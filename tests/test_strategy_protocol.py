@@ -382,6 +382,7 @@ def test_unknown_option_lists_the_allowed_ones():
         (10, None, 10),
         (64, None, 32),
         (100, None, 50),
+        (101, None, 51),  # half, rounded up
         (1000, None, 300),
         (10**4, None, 300),
         (128, 16, 64),
