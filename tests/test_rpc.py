@@ -50,9 +50,12 @@ from ms_droplet.rpc import (
 from ms_droplet.testing import local_rpc_cluster
 
 FAILED = 1e9  # MetaSchedule records a failed candidate with run_secs [1e10]
-# One timing call of a candidate takes >= 3 x 100 ms, so a session lasts long enough to be
-# caught in the middle.
-SLOW_EVALUATOR = dict(number=1, repeat=3, min_repeat_ms=100, enable_cpu_cache_flush=False)
+# One timing call of a candidate takes >= 5 x 100 ms after the server loads its module, so a
+# session lasts long enough to be caught in the middle of its measurement.
+SLOW_EVALUATOR = dict(number=1, repeat=5, min_repeat_ms=100, enable_cpu_cache_flush=False)
+# A session is caught mid-measurement only this soon after its module was loaded: later, the
+# result may already be on its way back while the server has not yet logged the session's end.
+CATCH_WITHIN_SEC = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,23 @@ def _sessions(server):
     return text.count("load_module"), text.count("finish serving")
 
 
+def _log_time(stamp):
+    return datetime.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+
+
+def _measuring_since(server):
+    """Wall-clock time the server loaded the module of the session it is in, else None."""
+    loaded = None
+    with open(server.log_path, encoding="utf-8") as f:
+        for line in f:
+            stamp, _, text = line.partition(" INFO ")
+            if text.startswith("load_module"):
+                loaded = _log_time(stamp)
+            elif text.startswith("finish serving"):
+                loaded = None
+    return loaded
+
+
 def _session_intervals(server):
     """(start, end) wall-clock times of the sessions in a server's log."""
     intervals, start = [], None
@@ -92,7 +112,7 @@ def _session_intervals(server):
             stamp, _, text = line.partition(" INFO ")
             if not text:
                 continue
-            when = datetime.datetime.strptime(stamp.strip(), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            when = _log_time(stamp)
             if text.startswith("connected from"):
                 start = when
             elif text.startswith("finish serving") and start is not None:
@@ -269,7 +289,10 @@ def test_droplet_tunes_through_tracker_on_both_servers(cluster, tmp_path, host_t
 
 def _when_serving(server, work_dir, min_records, action):
     """A thread that runs ``action()`` once ``work_dir`` has ``min_records`` records and
-    ``server`` is in the middle of a session (module loaded, session not finished)."""
+    ``server`` is in the middle of measuring a candidate: its module was loaded less than
+    ``CATCH_WITHIN_SEC`` ago, well inside the evaluator's >= 500 ms, and the session has not
+    finished. (Catching a session merely not yet logged as finished is a race: the result may
+    have reached the runner already, and the candidate then does not fail.)"""
     done = threading.Event()
     fired_at = []
 
@@ -284,8 +307,8 @@ def _when_serving(server, work_dir, min_records, action):
     def watch():
         while not done.is_set():
             if committed() >= min_records:
-                started, finished = _sessions(server)
-                if started > finished:
+                loaded = _measuring_since(server)
+                if loaded is not None and time.time() - loaded < CATCH_WITHIN_SEC:
                     action()
                     fired_at.append(time.monotonic())
                     return
