@@ -61,9 +61,9 @@ def default_exploration_trials(max_trials: int, trials_per_iter: int | None = No
     explored 300 samples of a 10,000 budget), rounded up to whole batches of ``trials_per_iter``
     when it is given, never more than ``max_trials``.
 
-    Why half: at 128 trials (16 a batch) exploring 64 before descending gave 1.043x faster
-    kernels than exploring 48 (30 %), faster in 11 of 17 paired runs of the CPU benchmark (not
-    significant) at 1.10x the tuning time, and droplet's gap to evolutionary search at 4x the
+    Why half: at 128 trials (16 a batch) exploring 64 before descending gave 1.030x faster
+    kernels than exploring 48 (30 %), faster in 12 of 19 paired runs of the CPU benchmark (not
+    significant) at 1.09x the tuning time, and droplet's gap to evolutionary search at 4x the
     budget shrank as its exploration grew (``docs/benchmarks/budget-128.md``); at 64 trials,
     descending from 32 beat 32 more evolutionary trials (``descent-ab.md``).
 
