@@ -30,6 +30,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from .measure import default_runner
 from .models import MODEL_NAMES
 
 DEFAULT_WORKLOAD = "GMM:1"
@@ -427,30 +428,6 @@ def tune(args: argparse.Namespace) -> TuneResult:
         database=os.path.join(args.work_dir, "database_tuning_record.json"),
         reports=list(getattr(strategy, "reports", [])) if args.strategy == "droplet" else [],
     )
-
-
-def default_runner():
-    """The CLI's runner: a ``LocalRunner`` with :func:`default_evaluator_config`, whose worker
-    ignores Ctrl-C (the tuning process stops after the batch in flight; see
-    :mod:`ms_droplet.interrupt`)."""
-    from tvm.s_tir.meta_schedule.runner import LocalRunner  # pylint: disable=import-outside-toplevel
-
-    from .interrupt import ignore_interrupts  # pylint: disable=import-outside-toplevel
-
-    return LocalRunner(evaluator_config=default_evaluator_config(), initializer=ignore_interrupts)
-
-
-def default_evaluator_config():
-    """The runner settings of the CLI and the benchmarks: three timings per call.
-
-    Chosen from ``docs/benchmarks/build.md`` (``scripts/bench_build.py``, 6 kernels x 10 calls):
-    ``number=3, repeat=3, min_repeat_ms=20`` cost 0.12 s a candidate against 0.22 s for
-    MetaSchedule's default ``repeat=1, min_repeat_ms=100``, and their spread between calls was
-    no larger (3.4 % against 9.4 % median coefficient of variation in that run).
-    """
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig  # pylint: disable=import-outside-toplevel
-
-    return EvaluatorConfig(number=3, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False)
 
 
 class _Progress:

@@ -44,7 +44,14 @@ def _create_droplet(*args, **kwargs):
 
 
 def register() -> None:
-    """Add ``"droplet"`` to ``SearchStrategy.create`` (idempotent)."""
+    """Add ``"droplet"`` to ``SearchStrategy.create`` and mend TVM's logging set-up (idempotent).
+
+    The mend (:mod:`ms_droplet.tvm_fixes`) keeps ``tune_tir`` / ``tune_relax`` from crashing
+    when the ``tvm.s_tir.meta_schedule`` logger carries a handler MetaSchedule did not create.
+    """
+    from .tvm_fixes import apply as apply_tvm_fixes  # pylint: disable=import-outside-toplevel
+
+    apply_tvm_fixes()
     from tvm.s_tir.meta_schedule.search_strategy import (  # pylint: disable=import-outside-toplevel
         search_strategy as ss_module,
     )

@@ -64,12 +64,13 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from ._samples import mean_run_secs, result_run_secs
+
 logger = logging.getLogger(__name__)
 
 TUNE_RELAX_GLOBAL = "tvm.s_tir.meta_schedule.tune_relax"
 TUNE_TIR_GLOBAL = "tvm.s_tir.meta_schedule.tune_tir"
 _KEEPALIVE_PREFIX = "ms_droplet.relax.dispatch_"
-_FAILED_SECS = 1e9  # MetaSchedule stores failed candidates with run_secs=[1e10]
 _SCHEDULED_ATTR = "tirx.is_scheduled"
 
 # --------------------------------------------------------------------------------------------
@@ -288,21 +289,14 @@ class _Tally:
 
 def _valid_secs(builder_result, runner_result) -> float | None:
     """The mean run time of a valid measurement, ``None`` for a failed one."""
-    if builder_result.error_msg is not None or runner_result.error_msg is not None:
+    if builder_result.error_msg is not None:
         return None
-    samples = [float(x) for x in (runner_result.run_secs or [])]
-    if not samples or any(not math.isfinite(s) or s <= 0 or s >= _FAILED_SECS for s in samples):
-        return None
-    return sum(samples) / len(samples)
+    samples = result_run_secs(runner_result)
+    return sum(samples) / len(samples) if samples else None
 
 
 def _record_secs(record) -> float:
-    if record is None or not record.run_secs:
-        return math.nan
-    samples = [float(x) for x in record.run_secs]
-    if any(not math.isfinite(s) or s >= _FAILED_SECS for s in samples):
-        return math.nan
-    return sum(samples) / len(samples)
+    return mean_run_secs(record.run_secs) if record is not None else math.nan
 
 
 # --------------------------------------------------------------------------------------------
@@ -433,7 +427,7 @@ def tune_model(
         ``None``: a :class:`ms_droplet.FastBuilder`, shut down at the end.
     runner : Runner or str or None
         ``None``: ``LocalRunner`` with the CLI's settings
-        (:func:`ms_droplet.cli.default_evaluator_config`).
+        (:func:`ms_droplet.measure.default_evaluator_config`).
     database, cost_model, task_scheduler, module_equality
         As in ``meta_schedule.tune_tasks``. With a ``seed`` and ``task_scheduler="gradient"``,
         the scheduler is seeded too (MetaSchedule's default draws its ties at random).
@@ -450,7 +444,7 @@ def tune_model(
     """
     # pylint: disable=import-outside-toplevel,too-many-locals
     from .builder import FastBuilder
-    from .cli import default_evaluator_config
+    from .measure import default_evaluator_config
     from .strategy import DropletSearch, default_exploration_trials
 
     if int(max_trials_global) < 1:
@@ -968,7 +962,7 @@ class PipelineRoute(contextlib.AbstractContextManager):
 
     def _runner_object(self):
         if self._runner is None:
-            from .cli import default_evaluator_config  # pylint: disable=import-outside-toplevel
+            from .measure import default_evaluator_config  # pylint: disable=import-outside-toplevel
 
             self._runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
         return self._runner
@@ -1082,7 +1076,7 @@ def pipeline_strategy(
     builder : "fast", "local" or Builder
         ``"fast"``: a :class:`ms_droplet.FastBuilder` made on first use and shut down on exit.
     runner : Runner or None
-        ``None``: ``LocalRunner`` with :func:`ms_droplet.cli.default_evaluator_config`.
+        ``None``: ``LocalRunner`` with :func:`ms_droplet.measure.default_evaluator_config`.
     num_trials_per_iter : int
         Candidates per measured batch.
     seed : Optional[int]

@@ -386,7 +386,7 @@ def rpc_runner(
         Parallel sessions (``--rpc-parallel``). Default: the number of servers of the key
         connected to the tracker now (1 when ``check`` is False).
     evaluator_config : Optional[EvaluatorConfig]
-        How each candidate is timed. Default: ``ms_droplet.cli.default_evaluator_config()``,
+        How each candidate is timed. Default: ``ms_droplet.measure.default_evaluator_config()``,
         as for local measurement.
     candidate_timeout_sec : Optional[float]
         The runner's own limit on one candidate, from its request to the tracker to its result,
@@ -417,8 +417,8 @@ def rpc_runner(
     from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner
     from tvm.support.popen_pool import PopenPoolExecutor
 
-    from .cli import default_evaluator_config
     from .interrupt import ignore_interrupts
+    from .measure import default_evaluator_config
 
     # pylint: enable=import-outside-toplevel
     address = _address(tracker)

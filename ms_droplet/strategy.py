@@ -41,12 +41,12 @@ from tvm.s_tir.meta_schedule.search_strategy import (
 )
 
 from ._descent import DescentConfig, DescentCore, Move, Vector
+from ._samples import result_run_secs, valid_run_secs
 from ._trace import TraceSpace, replay
 from .interrupt import stop_requested
 from .workdir import acquire_work_dir, release_work_dir
 
 _LOG_PREFIX = "tvm.s_tir.meta_schedule.logging.task_"
-_FAILED_RUN_SECS = 1e9  # MetaSchedule stores failed candidates with run_secs=[1e10]
 # Evolutionary batches made only of already-measured modules before exploration gives up.
 _MAX_EMPTY_EXPLORATION_BATCHES = 3
 _EVOLUTIONARY_OPTIONS = tuple(
@@ -88,21 +88,6 @@ def _task_logger(task_name: str) -> logging.Logger:
             if logger.handlers:
                 return logger
     return logging.getLogger("tvm.s_tir.meta_schedule")
-
-
-def _valid_run_secs(run_secs) -> list[float]:
-    """Run times as floats; empty when they mark a failure (none, non-finite, or 1e10)."""
-    samples = [float(x) for x in (run_secs or [])]
-    if any(not math.isfinite(s) or s <= 0 or s >= _FAILED_RUN_SECS for s in samples):
-        return []
-    return samples
-
-
-def _samples_of(result) -> list[float]:
-    """Run times of one RunnerResult; empty when the candidate failed."""
-    if result.error_msg is not None:
-        return []
-    return _valid_run_secs(result.run_secs)
 
 
 @dataclass
@@ -543,7 +528,7 @@ class DropletSearch(PySearchStrategy):
                 state.inner.notify_runner_results(measure_candidates, results)
             batch, state.batch = state.batch, _Batch()
             for i, (candidate, result) in enumerate(zip(measure_candidates, results)):
-                samples = _samples_of(result)
+                samples = result_run_secs(result)
                 shash = batch.hashes[i] if i < len(batch.hashes) else None
                 if shash is None:
                     shash = _hash_of(candidate.sch)
@@ -684,7 +669,7 @@ class DropletSearch(PySearchStrategy):
             if replayed.shash is None:
                 unusable.append(str(replayed.error))
                 continue
-            run_secs = _valid_run_secs(record.run_secs)
+            run_secs = valid_run_secs(record.run_secs)
             if run_secs:
                 state.measured.setdefault(replayed.shash, []).extend(run_secs)
                 state.traces.setdefault(replayed.shash, record.trace)

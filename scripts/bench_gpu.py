@@ -127,7 +127,7 @@ def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
 
     from ms_droplet import DropletSearch
     from ms_droplet.builder import FastBuilder
-    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config
 
     curve = Curve()
     strat = DropletSearch() if strategy == "droplet" else strategy

@@ -220,7 +220,7 @@ def tune_one(
 
     from ms_droplet import DropletSearch
     from ms_droplet.builder import FastBuilder
-    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config
 
     curve = Curve()
     strat = DropletSearch(**(options or {})) if strategy == "droplet" else strategy
@@ -381,7 +381,7 @@ def setup_record(args, target):
             cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
     except (OSError, StopIteration):
         pass
-    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config
 
     evaluator = default_evaluator_config()
     return {

@@ -247,7 +247,7 @@ def setup_record(args, target):
     import tvm
     import tvm_ffi
 
-    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config
     from ms_droplet.rpc import CONNECT_MARGIN_SEC
 
     cpu = platform.processor()

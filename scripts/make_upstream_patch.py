@@ -35,9 +35,14 @@ The patch is generated from this package's modules, so the two never drift:
 * The test ``scripts/upstream/test_meta_schedule_droplet_search.py`` goes to
   ``tests/python/s_tir/meta_schedule/``.
 
+A second, independent patch fixes a TVM bug that ms_droplet mends at run time
+(``ms_droplet/tvm_fixes.py``): ``meta-schedule-logging-handlers.patch`` makes
+``create_loggers`` keep handlers it did not create instead of crashing on them, with its test
+``tests/python/s_tir/meta_schedule/test_meta_schedule_logging.py``.
+
 Usage::
 
-    python scripts/make_upstream_patch.py                 # writes build/upstream/droplet.patch
+    python scripts/make_upstream_patch.py                 # writes build/upstream/*.patch
     python scripts/make_upstream_patch.py --out x.patch
     python scripts/make_upstream_patch.py --check         # generate, apply, test, lint
 
@@ -70,10 +75,14 @@ SS_DIR = "python/tvm/s_tir/meta_schedule/search_strategy"
 TEST_DIR = "tests/python/s_tir/meta_schedule"
 TEST_NAME = "test_meta_schedule_droplet_search.py"
 SS_MODULE = "tvm.s_tir.meta_schedule.search_strategy"
+LOGGING_FILE = "python/tvm/s_tir/meta_schedule/logging.py"
+LOGGING_TEST_NAME = "test_meta_schedule_logging.py"
+LOGGING_PATCH = "meta-schedule-logging-handlers.patch"
 
 # ms_droplet module -> file in TVM's search_strategy package
 MODULES = {
     "_neighbors": "_droplet_neighbors.py",
+    "_samples": "_droplet_samples.py",
     "_descent": "_droplet_descent.py",
     "_trace": "_droplet_trace.py",
     "strategy": "droplet.py",
@@ -318,6 +327,54 @@ def make_patch(tvm_dir: Path | None = None) -> str:
     return "".join(parts)
 
 
+def logging_edit(tvm_dir: Path) -> tuple[str, str]:
+    """(original, fixed) ``meta_schedule/logging.py``: ``create_loggers`` keeps foreign handlers.
+
+    TVM lists ``handler.get_name()`` of every handler on the global logger as a handler of its
+    ``dictConfig``: an unnamed one (a user's ``StreamHandler()``, pytest >= 9.2's log capture)
+    crashes it with ``AttributeError``, a named one it did not configure with ``ValueError``.
+    ms_droplet mends this at run time (``ms_droplet/tvm_fixes.py``); this is the fix in place.
+    """
+    what = "meta_schedule/logging.py"
+    base = (tvm_dir / "s_tir" / "meta_schedule" / "logging.py").read_text()
+    fixed = _replace(
+        base,
+        '            "handlers": [handler.get_name() for handler in global_logger.handlers]\n'
+        '            + [global_logger_name + ".console", global_logger_name + ".file"],\n',
+        '            "handlers": [global_logger_name + ".console", '
+        'global_logger_name + ".file"],\n',
+        what,
+    )
+    fixed = _replace(
+        fixed,
+        "    logging.config.dictConfig(p_config)\n",
+        "    # dictConfig can attach only the handlers it configures. Handlers attached to the\n"
+        "    # global logger by others (a user, a test harness; named or not) are set aside and\n"
+        "    # attached again, so that they keep receiving records.\n"
+        '    configured = p_config["handlers"]\n'
+        "    foreign = [h for h in global_logger.handlers if h.get_name() not in configured]\n"
+        "    logging.config.dictConfig(p_config)\n"
+        "    for handler in foreign:\n"
+        "        global_logger.addHandler(handler)\n",
+        what,
+    )
+    return base, fixed
+
+
+def make_logging_patch(tvm_dir: Path | None = None) -> str:
+    """The patch fixing ``create_loggers`` with handlers it did not create, with its test."""
+    base, fixed = logging_edit(tvm_dir or _installed_tvm())
+    test = _common((TEMPLATES / LOGGING_TEST_NAME).read_text(), LOGGING_TEST_NAME)
+    return _diff(LOGGING_FILE, base, fixed) + _diff(f"{TEST_DIR}/{LOGGING_TEST_NAME}", None, test)
+
+
+# patch file name -> (generator, the TVM test it adds)
+PATCHES = {
+    "droplet.patch": (make_patch, TEST_NAME),
+    LOGGING_PATCH: (make_logging_patch, LOGGING_TEST_NAME),
+}
+
+
 def build_tree(tvm_dir: Path, dest: Path) -> Path:
     """A TVM source-like tree under ``dest``: ``python/tvm`` (copied .py, symlinked rest)."""
     pkg = dest / "python" / "tvm"
@@ -359,22 +416,22 @@ sys.exit(code)
 """
 
 
-def check(patch_text: str, keep: bool = False) -> int:
+def check(patch_text: str, keep: bool = False, test_name: str = TEST_NAME) -> int:
     """Apply the patch to a copy of the installed tvm, run the added test and TVM's lint."""
     tvm_dir = _installed_tvm()
     tmp = Path(tempfile.mkdtemp(prefix="droplet-upstream-"))
     try:
         tree = build_tree(tvm_dir, tmp / "tvm")
-        patch = tmp / "droplet.patch"
+        patch = tmp / "change.patch"
         patch.write_text(patch_text)
         apply_patch(patch, tree)
-        print(f"check: patch applies to a copy of {tvm_dir} ({tree})")
+        print(f"check: {test_name}: patch applies to a copy of {tvm_dir} ({tree})")
         env = {
             **os.environ,
             "PYTHONPATH": str(tree / "python"),
             "TVM_DEVICE_BACKEND_AUTOLOAD": "0",
         }
-        test = tree / TEST_DIR / TEST_NAME
+        test = tree / TEST_DIR / test_name
         result = subprocess.run(
             [
                 sys.executable,
@@ -417,19 +474,27 @@ def check(patch_text: str, keep: bool = False) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the patch")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="where to write the droplet patch; the other patches go to the same folder",
+    )
     parser.add_argument(
         "--check", action="store_true", help="apply to a copy of the installed tvm, test, lint"
     )
     parser.add_argument("--keep", action="store_true", help="with --check: keep the temp tree")
     args = parser.parse_args(argv)
-    text = make_patch()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({text.count(chr(10))} lines)")
-    if args.check:
-        return check(text, keep=args.keep)
-    return 0
+    failed = 0
+    for name, (generate, test_name) in PATCHES.items():
+        text = generate()
+        out = args.out if name == "droplet.patch" else args.out.parent / name
+        out.write_text(text)
+        print(f"wrote {out} ({text.count(chr(10))} lines)")
+        if args.check:
+            failed |= check(text, keep=args.keep, test_name=test_name)
+    return failed
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ def measure_again(mod, traces, calls):
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from ms_droplet.builder import FastBuilder
-    from ms_droplet.cli import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config
     from ms_droplet.target import host_target
 
     target = host_target()

@@ -37,7 +37,7 @@ from tvm.s_tir.meta_schedule.postproc import PyPostproc
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 
 from ms_droplet import DropletSearch, FastBuilder
-from ms_droplet.cli import default_evaluator_config
+from ms_droplet.measure import default_evaluator_config
 from ms_droplet.testing import faulty_build, faulty_run_evaluator
 from ms_droplet.workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 

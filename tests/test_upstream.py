@@ -39,6 +39,7 @@ def test_patch_has_the_expected_paths(gen, patch_text):
         f"{ss}/droplet.py",
         f"{ss}/_droplet_descent.py",
         f"{ss}/_droplet_neighbors.py",
+        f"{ss}/_droplet_samples.py",
         f"{ss}/_droplet_trace.py",
         "tests/python/s_tir/meta_schedule/test_meta_schedule_droplet_search.py",
     }
@@ -80,6 +81,28 @@ def test_writes_the_patch_file(tmp_path):
     out = tmp_path / "droplet.patch"
     subprocess.run([sys.executable, str(SCRIPT), "--out", str(out)], check=True)
     assert out.read_text().startswith("diff --git a/python/tvm/")
+    assert (
+        (tmp_path / "meta-schedule-logging-handlers.patch")
+        .read_text()
+        .startswith("diff --git a/python/tvm/s_tir/meta_schedule/logging.py")
+    )
+
+
+def test_logging_patch_applies_and_fixes_create_loggers(gen, tmp_path):
+    """Its own patch: logging.py keeps foreign handlers; a new TVM test; nothing else."""
+    text = gen.make_logging_patch()
+    assert set(re.findall(r"^\+\+\+ b/(\S+)", text, re.M)) == {
+        "python/tvm/s_tir/meta_schedule/logging.py",
+        "tests/python/s_tir/meta_schedule/test_meta_schedule_logging.py",
+    }
+    assert "ms_droplet" not in text
+    tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
+    patch = tmp_path / "logging.patch"
+    patch.write_text(text)
+    gen.apply_patch(patch, tree)
+    fixed = (tree / "python/tvm/s_tir/meta_schedule/logging.py").read_text()
+    assert "handler.get_name() for handler in global_logger.handlers" not in fixed
+    assert "global_logger.addHandler(handler)" in fixed
 
 
 def test_a_changed_source_fails_loudly(gen):
@@ -98,5 +121,6 @@ def test_check_applies_tests_and_lints(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "ms_droplet not imported" in result.stdout
-    assert "clean on 7 files" in result.stdout
+    assert result.stdout.count("ms_droplet not imported") == 2
+    assert "clean on 8 files" in result.stdout  # droplet.patch
+    assert "clean on 2 files" in result.stdout  # meta-schedule-logging-handlers.patch
