@@ -17,11 +17,15 @@
 """ms_droplet: Droplet Search for Apache TVM MetaSchedule.
 
 ``import ms_droplet`` makes ``strategy="droplet"`` available to ``tune_tir``, ``tune_relax``,
-``TuneContext`` and ``SearchStrategy.create``. The heavy pieces load on first use.
+``TuneContext`` and ``SearchStrategy.create`` whenever TVM is installed. The heavy pieces load
+on first use. The search's core (neighbor rules, acceptance test, descent, options:
+``ms_droplet._neighbors``, ``_acceptance``, ``_descent``, ``_samples``, ``_options``) imports
+and runs without TVM.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from typing import TYPE_CHECKING
 
 from .registration import STRATEGY_NAME, register
@@ -29,31 +33,43 @@ from .registration import STRATEGY_NAME, register
 __version__ = "0.1.0.dev0"
 __all__ = [
     "DatabaseFileError",
+    "CurvePoint",
+    "DropletOptions",
     "DropletReport",
     "DropletSearch",
     "FastBuilder",
+    "KernelTuneResult",
     "ModelTuneResult",
     "STRATEGY_NAME",
     "WorkDirBusyError",
     "check_work_dir",
     "default_exploration_trials",
     "lock_work_dir",
+    "options_table",
     "pipeline_strategy",
     "register",
+    "tune_kernel",
     "tune_model",
 ]
 
 if TYPE_CHECKING:
+    from ._options import DropletOptions, options_table
     from .builder import FastBuilder
+    from .kernel import CurvePoint, KernelTuneResult, tune_kernel
     from .relax import ModelTuneResult, pipeline_strategy, tune_model
     from .strategy import DropletReport, DropletSearch, default_exploration_trials
     from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
 _LAZY = {
+    "DropletOptions": "_options",
+    "options_table": "_options",
     "DropletReport": "strategy",
     "DropletSearch": "strategy",
     "default_exploration_trials": "strategy",
     "FastBuilder": "builder",
+    "CurvePoint": "kernel",
+    "KernelTuneResult": "kernel",
+    "tune_kernel": "kernel",
     "ModelTuneResult": "relax",
     "pipeline_strategy": "relax",
     "tune_model": "relax",
@@ -73,4 +89,13 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'ms_droplet' has no attribute {name!r}")
 
 
-register()
+def _tvm_installed() -> bool:
+    try:
+        return importlib.util.find_spec("tvm") is not None
+    except (ImportError, ValueError):  # a finder that refuses tvm, or a broken tvm module
+        return False
+
+
+# The core needs no TVM: register only where TVM is installed (registration imports it).
+if _tvm_installed():
+    register()

@@ -18,18 +18,25 @@
 
 The state of one descent lives in :class:`DescentCore`. It is fed measurements and proposes
 decision vectors; it knows nothing of traces, builders or databases, so it runs on synthetic
-objectives in tests. A *vector* is a tuple with one value per :class:`Coordinate`.
+objectives in tests. A *vector* is a tuple with one value per :class:`Coordinate`. Whether a
+neighbor is faster is decided by :mod:`ms_droplet._acceptance` (re-exported here).
 """
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._acceptance import (
+    Outcome,
+    Verdict,
+    between_call_noise,
+    compare_samples,
+    sure_gain_bound,
+)
 from ._neighbors import index_neighbors, partitioned_tile_neighbors, tile_neighbors
 
 Value = Hashable
@@ -114,82 +121,6 @@ class Coordinate:
 
 
 # ---------------------------------------------------------------------------------------------
-# Acceptance
-
-
-class Outcome(enum.Enum):
-    """What a comparison of a neighbor with the incumbent concluded."""
-
-    ACCEPT = "accept"
-    REJECT = "reject"
-    UNDECIDED = "undecided"
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The result of :func:`compare_samples`."""
-
-    outcome: Outcome
-    speedup: float
-    p: float | None
-
-
-def compare_samples(
-    incumbent: Sequence[float],
-    candidate: Sequence[float],
-    p_value: float,
-    min_gain: float,
-) -> Verdict:
-    """Is ``candidate`` measurably faster than ``incumbent``?
-
-    A one-sided Welch t-test (``scipy.stats.ttest_ind(equal_var=False)``) on the timing
-    samples. A candidate must first be faster by at least ``min_gain`` (relative to the
-    incumbent's mean); with fewer than two samples on either side no test is possible and the
-    verdict is ``UNDECIDED`` (the caller may measure again).
-
-    Parameters
-    ----------
-    incumbent, candidate : Sequence[float]
-        Run times in seconds; all finite and positive.
-    p_value : float
-        The largest p-value that still accepts.
-    min_gain : float
-        The smallest relative gain ``1 - mean(candidate) / mean(incumbent)`` worth testing.
-
-    Returns
-    -------
-    verdict : Verdict
-        ``ACCEPT`` when faster with ``p <= p_value``; ``REJECT`` when not faster by
-        ``min_gain``; ``UNDECIDED`` otherwise.
-    """
-    if not candidate or not incumbent:
-        return Verdict(Outcome.REJECT if not candidate else Outcome.UNDECIDED, 0.0, None)
-    mean_inc = float(np.mean(incumbent))
-    mean_cand = float(np.mean(candidate))
-    speedup = mean_inc / mean_cand
-    if 1.0 - mean_cand / mean_inc < min_gain or mean_cand >= mean_inc:
-        return Verdict(Outcome.REJECT, speedup, None)
-    if len(incumbent) < 2 or len(candidate) < 2:
-        return Verdict(Outcome.UNDECIDED, speedup, None)
-    if np.var(incumbent) == 0.0 and np.var(candidate) == 0.0:
-        p = 0.0  # two constant samples that differ: the difference is certain
-    else:
-        import warnings  # pylint: disable=import-outside-toplevel
-
-        from scipy import stats  # pylint: disable=import-outside-toplevel
-
-        with warnings.catch_warnings():
-            # Nearly identical timings make scipy warn about precision; the p-value stays usable.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            test = stats.ttest_ind(candidate, incumbent, equal_var=False, alternative="less")
-        p = float(test.pvalue)
-        if math.isnan(p):
-            p = 1.0
-    outcome = Outcome.ACCEPT if p <= p_value else Outcome.UNDECIDED
-    return Verdict(outcome, speedup, p)
-
-
-# ---------------------------------------------------------------------------------------------
 # Descent
 
 
@@ -228,12 +159,6 @@ class Move:
     changes: tuple[tuple[int, Value, Value], ...]
     speedup: float
     p: float | None
-
-
-# Between-call noise is estimated once this many schedules were measured in two calls or more.
-NOISE_MIN_SCHEDULES = 3
-# A gain this many times the between-call noise (its 90th percentile) is sure after one call.
-NOISE_MARGIN = 3.0
 
 
 @dataclass
@@ -351,21 +276,14 @@ class DescentCore:
         """The 90th percentile of ``|log(mean of a later call / mean of the first call)|``
         over the schedules measured in several runner calls; ``None`` while fewer than
         ``NOISE_MIN_SCHEDULES`` schedules were."""
-        repeated = [o.call_means for o in self._obs.values() if len(o.call_means) >= 2]
-        if len(repeated) < NOISE_MIN_SCHEDULES:
-            return None
-        diffs = [abs(math.log(m / means[0])) for means in repeated for m in means[1:]]
-        return float(np.quantile(diffs, 0.9))
+        return between_call_noise(o.call_means for o in self._obs.values())
 
     @property
     def sure_gain(self) -> float:
         """The gain that needs no second runner call: ``config.sure_gain`` until the noise
         between calls is known, then ``NOISE_MARGIN`` times that noise (at least
         ``config.min_gain``, at most ``config.sure_gain``)."""
-        noise = self.between_call_noise
-        if noise is None:
-            return self.config.sure_gain
-        return min(self.config.sure_gain, max(self.config.min_gain, NOISE_MARGIN * noise))
+        return sure_gain_bound(self.between_call_noise, self.config.min_gain, self.config.sure_gain)
 
     # -- protocol ------------------------------------------------------------------------------
     def propose(self, max_count: int) -> list[Proposal]:

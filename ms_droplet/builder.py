@@ -33,50 +33,21 @@ while building and exporting a small CPU kernel takes 0.1-0.2 s. FastBuilder sta
 once (lazily, on the first batch), reuses them across batches, and does not import the tensor
 intrinsics unless a build needs them.
 
-Tensor intrinsics at build time (TVM 0.27, verified)
-----------------------------------------------------
-* ``tensorize`` runs at schedule time, in the tuning process: the schedule rule
-  ``MultiLevelTilingWithIntrin`` / the ``RewriteTensorize`` postprocessor replace the block by
-  the intrinsic's *implementation*. The IRModule a builder receives is already tensorized and
-  holds no reference to the ``TensorIntrin`` table. Importing ``tvm.s_tir.tensor_intrin``
-  registers only three global functions besides that table:
-  ``tirx.tensor_intrin.register_rvv_isa_intrinsics`` (called by the RISC-V schedule rules,
-  i.e. at schedule time), and ``tirx.index_map.shared_16x16_to_ldmatrix_32x8_layout`` and
-  ``tirx.index_map_m16n8k8.matrixC``, which the *compiler* looks up: the CUDA code generator for
-  ``mma_store`` and the warp-memory lowering of the ``m16n8k8.matrixC`` scope.
-* Experiment, x86: a dense ``uint8 x int8 -> int32`` kernel tensorized with
-  ``dot_16x4_avx512`` (from ``tvm.s_tir.tensor_intrin.x86``) builds in a process that never
-  imported ``tvm.s_tir.tensor_intrin`` and matches numpy (``tests/test_builder.py``).
-  ``dot_16x4_vnni`` cannot be built at all with TVM 0.27's LLVM 22, with or without the import:
-  LLVM's verifier rejects the call (``llvm.x86.avx512.vpdpbusd.512`` now takes ``<64 x i8>``
-  operands).
-* Experiment, CUDA (``sm_80``, no GPU needed to compile): a block tensorized with
-  ``mma_fill_16x16_f32`` and ``mma_store_16x16_f32_global_`` fails to build without the import
-  (``Check failed: (index_map_func.has_value()) is false``) and builds with it.
-
-So no CPU build needs them (the compiler's only consumers are CUDA ones), and CUDA tensor-core
-(``mma``) builds do. The tuning process itself still imports them once: ``TuneContext``'s
-constructor does, so the schedule rules and ``tensorize`` find them. By default
-(``tensor_intrin="lazy"``) a worker imports ``tvm.s_tir.tensor_intrin`` only when the module
-mentions one of the compiler's consumers (``tirx.mma_store*`` calls or an ``m16n8k8.*`` buffer
-scope), or when a build fails with a message about a missing registration, and then builds that
-candidate again. The import is not charged to the candidate's timeout, and once one candidate
-needed it, the workers started later import it during start-up.
+Tensor intrinsics at build time
+-------------------------------
+No CPU build needs ``tvm.s_tir.tensor_intrin`` (tensorizing happens at schedule time, in the
+tuning process); CUDA tensor-core (``mma``) builds do, for two index-map functions the compiler
+looks up. By default (``tensor_intrin="lazy"``) a worker imports the intrinsics only when the
+module mentions one of those consumers (``tirx.mma_store*`` calls or an ``m16n8k8.*`` buffer
+scope), or when a build fails with a message about a missing registration, and then builds
+that candidate again; the import is not charged to the candidate's timeout. The experiments
+behind this are in ``docs/builder.md`` ("Tensor intrinsics at build time").
 
 Worker processes
 ----------------
-Workers are ``python -c`` subprocesses (like TVM's ``PopenWorker``) that talk to the tuning
-process over a pipe, one candidate at a time. Unlike ``multiprocessing`` with the ``spawn`` or
-``forkserver`` context, they never re-import the user's ``__main__`` (a tuning script without an
-``if __name__ == "__main__"`` guard would run again in every worker). They receive the parent's
-``sys.path``, so build functions are pickled (with ``cloudpickle``) by reference as usual.
-``concurrent.futures.ProcessPoolExecutor`` was not used either: it has no per-task timeout, and
-one worker that dies breaks the whole pool (every pending future fails). TVM's
-``PopenPoolExecutor`` could be kept open, but it arms its timeout *inside* the worker, where the
-timer cannot fire while a native call holds the GIL (seen: a 2 s timeout answered after 21 s).
-Here the tuning process enforces the timeout. A worker that times out or dies is killed with its
-whole process group and replaced; the candidate gets ``BuilderResult(None, error_msg)`` and the
-batch goes on. Workers are recycled after ``max_builds_per_worker`` builds or when their resident
+Builds run in warm ``python -c`` worker processes (:mod:`ms_droplet._worker`, where the reasons
+for that design are written down): a build that times out or kills its worker costs only its
+candidate. Workers are recycled after ``max_builds_per_worker`` builds or when their resident
 memory exceeds ``max_worker_rss_mb``. ``shutdown()``, the end of a ``with`` block, garbage
 collection, an exception (``KeyboardInterrupt``) during ``build`` and interpreter exit all stop
 them; a worker whose parent died exits on its own (at once if idle, else within a second).
@@ -85,10 +56,7 @@ them; a worker whose parent died exits on its own (at once if idle, else within 
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -96,12 +64,9 @@ import traceback
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from multiprocessing.connection import Connection, Pipe
 from queue import SimpleQueue
-from typing import Any, Literal
+from typing import Literal
 
-import cloudpickle
 import psutil
 import tvm
 from tvm.ir import IRModule
@@ -110,6 +75,8 @@ from tvm.runtime import Module, Tensor, load_param_dict, save_param_dict
 from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.logging import get_logger
 from tvm.target import Target
+
+from ._worker import _Worker
 
 __all__ = ["FastBuilder", "default_build"]
 
@@ -218,129 +185,6 @@ def _worker_init(initializer: Callable[[], None] | None, preload_intrin: bool) -
     if preload_intrin:
         _import_tensor_intrin()
     return os.getpid()
-
-
-def _watch_parent(parent_pid: int) -> None:
-    while True:
-        time.sleep(1.0)
-        if os.getppid() != parent_pid:
-            os._exit(1)
-
-
-def _worker_main(fd: int) -> None:
-    """Entry point of a worker process: serve ``(fn, args)`` requests until end of input."""
-    # Ctrl-C reaches the whole process group: the tuning process decides when to stop, and
-    # this worker is ended by it (or by _watch_parent), not mid-candidate.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(fd)
-    parent_pid = os.getppid()
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    try:
-        sys.path[:] = pickle.loads(conn.recv_bytes())
-    except (EOFError, OSError):
-        return
-    while True:
-        try:
-            request = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        try:
-            func, args = cloudpickle.loads(request)
-            reply = ("ok", func(*args))
-        except Exception:  # noqa: BLE001 - every failure goes back to the parent as text
-            reply = ("error", traceback.format_exc())
-        try:
-            data = cloudpickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - an unpicklable result is the candidate's error
-            data = cloudpickle.dumps(("error", traceback.format_exc()))
-        try:
-            conn.send_bytes(data)
-        except OSError:
-            return
-
-
-@dataclass
-class _Outcome:
-    """What one request to a worker came to."""
-
-    status: Literal["ok", "error", "timeout", "died"]
-    value: Any = None
-
-
-class _Worker:
-    """One worker process and its end of the pipe (used by one thread at a time)."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        parent_end, child_end = Pipe(duplex=True)
-        fd = child_end.fileno()
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"from ms_droplet.builder import _worker_main; _worker_main({fd})",
-            ],
-            pass_fds=(fd,),
-            env=env,
-            start_new_session=True,  # its own process group: a kill reaches its children too
-        )
-        child_end.close()
-        self.conn: Connection | None = parent_end
-        self.ready = False
-        self.builds = 0
-        parent_end.send_bytes(pickle.dumps(list(sys.path)))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def call(self, func: Callable, args: tuple, timeout: float | None) -> _Outcome:
-        """Run ``func(*args)`` in the worker; kill the worker if it exceeds ``timeout``."""
-        assert self.conn is not None, "the worker was closed"
-        data = cloudpickle.dumps((func, args), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            self.conn.send_bytes(data)
-            if not self.conn.poll(timeout):
-                self.kill()
-                return _Outcome("timeout", timeout)
-            status, value = pickle.loads(self.conn.recv_bytes())
-        except (EOFError, OSError):
-            return _Outcome("died", self.kill())
-        return _Outcome(status, value)
-
-    def alive(self) -> bool:
-        return self.conn is not None and self.proc.poll() is None
-
-    def rss_mb(self) -> float:
-        try:
-            return psutil.Process(self.pid).memory_info().rss / 2**20
-        except psutil.Error:
-            return 0.0
-
-    def kill(self) -> int | None:
-        """Kill the worker and everything it started; return its exit code."""
-        # Until it is reaped, its pid names its process group (a zombie's pid is not reused):
-        # kill the whole group, even if the worker already died, since its children may live on.
-        if self.proc.returncode is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except OSError:
-                self.proc.kill()
-        code = self.proc.wait()
-        # Close after the kill, so that a thread waiting on the pipe sees the end of input.
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        return code
-
-    def close(self, grace_sec: float = 2.0) -> None:
-        """Let an idle worker exit by itself (end of input), kill it if it does not."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
-        try:
-            self.proc.wait(grace_sec)
-        except subprocess.TimeoutExpired:
-            self.kill()
 
 
 class _WorkerPool:

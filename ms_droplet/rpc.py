@@ -322,14 +322,10 @@ def check_tracker(
 
     Parameters
     ----------
-    tracker : Union[str, TrackerAddress, Tuple[str, int]]
-        ``"HOST:PORT"`` or the parsed address.
-    key : str
-        The servers' ``--key``.
+    tracker, key, timeout_sec
+        As in :func:`tracker_status`.
     min_servers : int
         How many servers of the key must be connected.
-    timeout_sec : float
-        Limit for the query.
 
     Returns
     -------

@@ -44,6 +44,31 @@ def host_target(num_cores: int | None = None):
     return Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": int(cores)})
 
 
+def as_target(target=None):
+    """A ``Target`` from what the library functions accept: ``None`` (this machine's CPU, see
+    :func:`host_target`), a ``Target``, a target string (``"llvm -mcpu=znver5"``) or a dict.
+
+    Raises
+    ------
+    ValueError
+        When TVM rejects the description; the message quotes it and says how to write one.
+    """
+    from tvm.target import Target  # pylint: disable=import-outside-toplevel
+
+    if target is None:
+        return host_target()
+    if isinstance(target, Target):
+        return target
+    try:
+        return Target(target)
+    except Exception as err:  # noqa: BLE001 - TVM raises several error types for bad targets
+        raise ValueError(
+            f"target {target!r} was rejected by TVM: {err}; pass a Target, a string such as "
+            f'"llvm -mcpu={host_cpu()}", a dict such as {{"kind": "llvm"}}, or None for this '
+            "machine's CPU"
+        ) from None
+
+
 def parse_target(text: str | None):
     """A target from JSON text (``'{"kind": "llvm", "mcpu": "znver5"}'``); ``None``: the host.
 

@@ -115,6 +115,29 @@ class WorkDirCheck:
         return any(f is not None and f.changed for f in (self.workloads, self.records))
 
 
+def _sift(path: str, parse, repair: bool):
+    """The lines of ``path`` as ``(check, kept, bad)``; a bad line raises unless ``repair``.
+
+    ``parse(raw)`` returns ``(reason, value)``, ``reason`` ``None`` for a good line; ``kept`` holds
+    ``(line number, raw, value)`` and ``bad`` ``(line number, raw, reason)``.
+    """
+    lines, check = _read_lines(path)
+    kept, bad = [], []
+    for number, raw in lines:
+        reason, value = parse(raw)
+        if reason is None:
+            kept.append((number, raw, value))
+        else:
+            bad.append((number, raw, reason))
+    check.bad_lines = [(n, r) for n, _, r in bad]
+    check.lines = len(kept)
+    if bad:
+        if not repair:
+            raise DatabaseFileError(path, bad[0][0], bad[0][2], len(bad) - 1)
+        check.rejected = len(bad)
+    return check, kept, bad
+
+
 def check_work_dir(work_dir: str, *, repair: bool = False, deep: bool = False) -> WorkDirCheck:
     """Check the JSON database files of ``work_dir``; recover a torn last line.
 
@@ -147,45 +170,23 @@ def check_work_dir(work_dir: str, *, repair: bool = False, deep: bool = False) -
     workloads: list = []
     renumber: dict[int, int] | None = None
     if os.path.exists(wl_path):
-        lines, check = _read_lines(wl_path)
-        kept, bad = [], []
-        for number, raw in lines:
-            reason, value = _parse_workload(raw, deep)
-            if reason is None:
-                kept.append((number, raw))
-                workloads.append(value)
-            else:
-                bad.append((number, raw, reason))
-        check.bad_lines = [(n, r) for n, _, r in bad]
+        check, kept, bad = _sift(wl_path, lambda raw: _parse_workload(raw, deep), repair)
+        workloads = [value for _, _, value in kept]
         if bad:
-            if not repair:
-                raise DatabaseFileError(wl_path, bad[0][0], bad[0][2], len(bad) - 1)
             # Records name workloads by line index: map old indices to new ones.
-            renumber = {old: new for new, old in enumerate(n - 1 for n, _ in kept)}
-            check.rejected = len(bad)
+            renumber = {old: new for new, old in enumerate(n - 1 for n, _, _ in kept)}
         if bad or check.blank_removed:
-            _rewrite(wl_path, [raw for _, raw in kept], [raw for _, raw, _ in bad])
-        check.lines = len(kept)
+            _rewrite(wl_path, [raw for _, raw, _ in kept], [raw for _, raw, _ in bad])
         result.workloads = check
     if os.path.exists(rec_path):
-        lines, check = _read_lines(rec_path)
-        kept, bad = [], []
-        for number, raw in lines:
-            reason, index = _parse_record(raw, workloads, deep, renumber)
-            if reason is None:
-                if renumber is not None:
-                    raw = _renumbered(raw, renumber[index])
-                kept.append(raw)
-            else:
-                bad.append((number, raw, reason))
-        check.bad_lines = [(n, r) for n, _, r in bad]
-        if bad:
-            if not repair:
-                raise DatabaseFileError(rec_path, bad[0][0], bad[0][2], len(bad) - 1)
-            check.rejected = len(bad)
+        check, kept, bad = _sift(
+            rec_path, lambda raw: _parse_record(raw, workloads, deep, renumber), repair
+        )
+        rows = [
+            raw if renumber is None else _renumbered(raw, renumber[index]) for _, raw, index in kept
+        ]
         if bad or renumber is not None or check.blank_removed:
-            _rewrite(rec_path, kept, [raw for _, raw, _ in bad])
-        check.lines = len(kept)
+            _rewrite(rec_path, rows, [raw for _, raw, _ in bad])
         result.records = check
     for check in (result.workloads, result.records):
         if check is not None and check.changed:

@@ -63,7 +63,12 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib.cli import parse_with_smoke
+from benchlib.env import environment
+from benchlib.kernels import te_kernel
+from benchlib.remeasure import fresh_command
+from benchlib.results import write_json
+from benchlib.runs import run_settings, tune_one
 
 DEFAULT_VARIANTS = '{"default": {}, "ranked": {"rank_neighbors": true}}'
 
@@ -107,13 +112,9 @@ def parse_args(argv=None):
         help="print Markdown tables of earlier ab_droplet.json files and exit",
     )
     parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--smoke", action="store_true", help="GMM:0, one seed, 24 trials, one job (for CI)"
-    )
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 24, 8
-        args.jobs, args.cores, args.rounds = 1, 1, 3
+    smoke = {"kernels": "GMM:0", "seeds": "1", "trials": 24, "trials_per_iter": 8, "rounds": 3}
+    smoke_help = "GMM:0, one seed, 24 trials, one job (for CI)"
+    args = parse_with_smoke(parser, argv, smoke_help, **smoke, jobs=1, cores=1)
     if not 0 <= args.shared_exploration < args.trials:
         parser.error(
             f"--shared-exploration must be in [0, --trials), got {args.shared_exploration} "
@@ -143,13 +144,14 @@ def warm_cost_model(mod, target, work_dir, cores):
     from tvm.s_tir.meta_schedule.runner import RunnerResult
     from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
 
+    from ms_droplet.measure import valid_run_secs
+
     model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
     context = ms.TuneContext(mod=mod, target=target, task_name="warm", num_threads=cores)
     database = ms.database.JSONDatabase(work_dir=work_dir)
     candidates, results = [], []
     for record in database.get_all_tuning_records():
-        secs = [float(s) for s in record.run_secs or []]
-        if not secs or not all(0 < s < 1e9 for s in secs):
+        if not valid_run_secs(record.run_secs):
             continue
         sch = tvm.s_tir.Schedule(mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
@@ -165,17 +167,13 @@ def tune_one_main(path):
     import logging
 
     import tvm.s_tir.tensor_intrin  # noqa: F401
-    from bench_kernels import tune_one
-    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 
     from ms_droplet.target import host_target
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     with open(path, encoding="utf-8") as f:
         spec = json.load(f)
-    name, index = spec["kernel"].split(":")
-    mod = _normalize_mod(create_te_workload(name, int(index)))
+    mod = te_kernel(spec["kernel"])
     target = host_target(num_cores=spec["cores"])
     cost_model = "xgb"
     if spec.get("copy_from"):
@@ -311,7 +309,6 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     kernels = args.kernels.split(",")
     names = list(args.variants)
     shared = args.shared_exploration
-    bench = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_kernels.py")
     # Jobs: (with --shared-exploration) an exploration run per (kernel, seed); a tuning run per
     # (kernel, seed, variant); a timing job per (kernel, seed), which starts once its variants
     # are tuned. Each job gets its own cores.
@@ -397,7 +394,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 print(f"{time.perf_counter() - start:7.1f} s  {kind} {key} done before", flush=True)
                 continue
             if kind == "time":
-                command = [sys.executable, bench, "--measure-spec", path]
+                command = fresh_command(path)
             else:
                 command = [sys.executable, os.path.abspath(__file__), "--tune-one", path]
                 if os.path.exists(spec["work_dir"]):  # left by a killed invocation
@@ -476,17 +473,11 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 "ratios": ratios,
             }
     print(json.dumps(summary, indent=1))
-    from bench_kernels import setup_record
-
     from ms_droplet.target import host_target
 
-    setup = setup_record(args, host_target(num_cores=args.cores))
-    with open(os.path.join(args.out, "ab_droplet.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {"args": vars(args), "setup": setup, "results": results, "summary": summary},
-            f,
-            indent=1,
-        )
+    doc = {"args": vars(args), "setup": run_settings(args), "results": results, "summary": summary}
+    env = environment(host_target(num_cores=args.cores))
+    write_json(os.path.join(args.out, "ab_droplet.json"), doc, env)
     bad = [r for r in results if not r.get("median_us") or r.get("correct") is not True]
     if args.work_root:
         print(f"runs kept in {runs_dir}")

@@ -36,11 +36,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -51,10 +49,13 @@ import numpy as np
 import psutil
 import tvm
 import tvm.s_tir.meta_schedule as ms
+from benchlib.env import describe, environment
+from benchlib.results import write_json, write_text
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.testing import te_workload
 
 from ms_droplet.builder import FastBuilder
+from ms_droplet.measure import valid_run_secs
 from ms_droplet.target import host_target
 from ms_droplet.testing import random_schedules
 
@@ -65,17 +66,6 @@ RUNNER_CONFIGS = [
     (3, 3, 40),
     (1, 5, 20),
 ]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def workload_module(spec: str) -> tvm.IRModule:
@@ -178,7 +168,7 @@ def bench_build_phase(inputs, args) -> dict:
 def _records(database) -> list[tuple[str, float | None]]:
     rows = []
     for record in database.get_all_tuning_records():
-        secs = [float(x) for x in record.run_secs] if record.run_secs else []
+        secs = valid_run_secs(record.run_secs)
         rows.append((str(record.trace), statistics.median(secs) if secs else None))
     return sorted(rows, key=lambda row: row[0])
 
@@ -219,7 +209,7 @@ def bench_tuning(mod, target, args) -> dict:
         fast_s, fast_records = tune_once(mod, target, builder, args)
     out["fast_s"] = round(fast_s, 2)
     print(f"    FastBuilder {fast_s:.1f} s", flush=True)
-    best = [r[1] for r in fast_records if r[1] is not None and r[1] < 1e9]
+    best = [r[1] for r in fast_records if r[1] is not None]
     out["fast_best_us"] = round(min(best) * 1e6, 1) if best else None
     if args.smoke:
         out["local_s"] = None
@@ -228,7 +218,7 @@ def bench_tuning(mod, target, args) -> dict:
     local = ms.builder.LocalBuilder(max_workers=args.local_workers, timeout_sec=args.timeout)
     local_s, local_records = tune_once(mod, target, local, args)
     print(f"    LocalBuilder {local_s:.1f} s", flush=True)
-    best = [r[1] for r in local_records if r[1] is not None and r[1] < 1e9]
+    best = [r[1] for r in local_records if r[1] is not None]
     out["local_s"] = round(local_s, 2)
     out["local_best_us"] = round(min(best) * 1e6, 1) if best else None
     out["same_trials"] = [r[0] for r in fast_records] == [r[0] for r in local_records]
@@ -332,13 +322,14 @@ def write_markdown(result: dict, path: str) -> None:
         result["tuning"],
         result["runner"],
     )
+    machine = describe(result)
     lines = [
         "# Build and measurement benchmark",
         "",
-        f"`scripts/bench_build.py{' --smoke' if setup['smoke'] else ''}`, {setup['date']}: "
-        f"TVM {setup['tvm_version']}, {setup['cpu_model']} (`{setup['llvm_cpu']}`), "
-        f"{setup['physical_cores']} physical / {setup['logical_cores']} logical cores, "
-        f"workload `{setup['workload']}`, target `{setup['target']}`.",
+        f"`scripts/bench_build.py{' --smoke' if setup['smoke'] else ''}`, {machine['date']}: "
+        f"TVM {machine['tvm']}, {machine['cpu']} (`{setup['llvm_cpu']}`), "
+        f"{setup['physical_cores']} physical / {machine['logical_cores']} logical cores, "
+        f"workload `{setup['workload']}`, target `{machine['target']}`.",
         "",
         "## (a) Build phase",
         "",
@@ -420,8 +411,7 @@ def write_markdown(result: dict, path: str) -> None:
         "samples of one distribution).",
         "",
     ]
-    with open(path, "w", encoding="utf-8") as out:
-        out.write("\n".join(lines))
+    write_text(path, "\n".join(lines))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -488,26 +478,15 @@ def main(argv=None) -> int:
     physical = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     target = host_target(physical)
     mod = workload_module(args.workload)
+    env = environment(target)
     setup = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "smoke": args.smoke,
-        "tvm_version": tvm.__version__,
-        "python": platform.python_version(),
-        "cpu_model": cpu_model(),
         "llvm_cpu": tvm.get_global_func("target.llvm_get_system_cpu")(),
-        "physical_cores": physical,
-        "logical_cores": psutil.cpu_count(logical=True),
-        "target": str(target),
+        "physical_cores": physical,  # the target's (psutil's, or os.cpu_count() without it)
         "workload": args.workload,
         "args": vars(args),
     }
-    try:
-        import tvm_ffi  # pylint: disable=import-outside-toplevel
-
-        setup["tvm_ffi_version"] = tvm_ffi.__version__
-    except ImportError:
-        pass
-    print(f"setup: {setup['cpu_model']} ({setup['llvm_cpu']}), TVM {tvm.__version__}", flush=True)
+    print(f"setup: {env['cpu']['model']} ({setup['llvm_cpu']}), TVM {tvm.__version__}", flush=True)
     start = time.perf_counter()
     candidates = make_candidates(mod, target, args.candidates, args.seed)
     # TuneContext imports tvm.s_tir.tensor_intrin in this process, once: not part of (a) or (b).
@@ -517,7 +496,7 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     inputs = [BuilderInput(candidate, target) for candidate in candidates]
-    result = {"setup": setup, "build_phase": bench_build_phase(inputs, args)}
+    result = {"environment": env, "setup": setup, "build_phase": bench_build_phase(inputs, args)}
 
     if args.skip_tuning:
         result["tuning"] = {"trials": 0, "trials_per_iter": 0, "strategy": "-", "seed": args.seed}
@@ -537,15 +516,11 @@ def main(argv=None) -> int:
     setup["total_s"] = round(time.perf_counter() - started, 1)
     print(f"total {setup['total_s']} s", flush=True)
 
-    text = json.dumps(result, indent=2)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w", encoding="utf-8") as out:
-            out.write(text + "\n")
+        write_json(args.json, result, env, indent=2)
     else:
-        print(text)
+        print(json.dumps(result, indent=2))
     if args.md:
-        os.makedirs(os.path.dirname(os.path.abspath(args.md)), exist_ok=True)
         write_markdown(result, args.md)
     return 0
 

@@ -46,10 +46,8 @@ Needs a CUDA GPU (see ``shared/device/README.md`` for the lent machines)::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -57,11 +55,11 @@ import tempfile
 import time
 
 import numpy as np
-from bench_kernels import (  # the CPU benchmark's, beside this script
-    Curve,
-    random_args,
-    time_interleaved,
-)
+from benchlib.env import describe, environment
+from benchlib.kernels import random_args
+from benchlib.remeasure import remeasure
+from benchlib.results import write_json, write_text
+from benchlib.runs import evaluator_settings, tune_one
 
 KERNELS = {
     "matmul": {"te": ("matmul", (1024, 1024, 1024)), "flop": 2 * 1024**3},
@@ -122,37 +120,6 @@ def workload(name):
     return func
 
 
-def tune_one(mod, target, work_dir, strategy, budget, per_iter, seed):
-    from tvm.s_tir import meta_schedule as ms
-
-    from ms_droplet import DropletSearch
-    from ms_droplet.builder import FastBuilder
-    from ms_droplet.measure import default_evaluator_config
-
-    curve = Curve()
-    strat = DropletSearch() if strategy == "droplet" else strategy
-    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [curve.callback]
-    start = time.perf_counter()
-    with FastBuilder() as builder, ms.Profiler() as profiler:
-        database = ms.tune_tir(
-            mod,
-            target,
-            work_dir,
-            max_trials_global=budget,
-            num_trials_per_iter=per_iter,
-            strategy=strat,
-            builder=builder,
-            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
-            measure_callbacks=callbacks,
-            seed=seed,
-        )
-    wall = time.perf_counter() - start
-    sch = ms.tir_integration.compile_tir(database, mod, target)
-    reports = [r.__dict__ for r in getattr(strat, "reports", [])] if strategy == "droplet" else []
-    profile = {k: float(v) for k, v in profiler.get().items()}
-    return sch, wall, curve, profile, reports
-
-
 def reference(name, inputs):
     """The float64 result on the CPU."""
     if name == "matmul":
@@ -164,33 +131,6 @@ def reference(name, inputs):
     w = torch.from_numpy(inputs[1].astype("float64")).permute(3, 2, 0, 1)
     y = torch.nn.functional.conv2d(x, w, stride=stride, padding=padding)
     return y.permute(0, 2, 3, 1).numpy()
-
-
-def remeasure(entries, target, rounds, inputs, expected):
-    """Build each run's best schedule; check it; time them interleaved on the GPU."""
-    import tvm
-
-    dev = tvm.cuda(0)
-    timers = []
-    for entry in entries:
-        sch = entry.pop("_sch")
-        entry["correct"] = None
-        if sch is None:
-            timers.append(None)
-            continue
-        lib = tvm.compile(sch.mod, target=target)
-        args = [tvm.runtime.tensor(a, dev) for a in inputs]
-        args[-1] = tvm.runtime.tensor(np.zeros_like(inputs[-1]), dev)
-        lib(*args)
-        dev.sync()
-        out = args[-1].numpy()
-        scale = float(np.abs(expected).max())
-        entry["max_abs_err"] = float(np.abs(out - expected).max())
-        entry["correct"] = bool(np.allclose(out, expected, rtol=1e-3, atol=1e-4 * scale))
-        timers.append(
-            (lib.jit().time_evaluator("main", dev, number=20, repeat=1, min_repeat_ms=50), args)
-        )
-    time_interleaved(entries, timers, rounds)
 
 
 _TORCH_CEILING = """
@@ -238,38 +178,30 @@ def torch_ceiling(kind, rounds):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def setup_record(args, target):
-    import tvm
-
-    gpu = subprocess.run(
-        ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+def run_settings(args):
+    """The settings of the benchmark, for its result file (the machine is in its environment
+    record)."""
+    ev = evaluator_settings()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "gpu": gpu,
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "tvm": tvm.__version__,
-        "target": str(target),
         "cuda_compile_mode": os.environ.get("TVM_CUDA_COMPILE_MODE", "nvrtc (default)"),
         "trials": args.trials,
         "trials_per_iter": args.trials_per_iter,
         "seeds": [int(x) for x in args.seeds.split(",")],
-        "tuning_evaluator": "number=3, repeat=3, min_repeat_ms=20 (ms_droplet.cli default)",
+        "tuning_evaluator": f"number={ev['number']}, repeat={ev['repeat']}, "
+        f"min_repeat_ms={ev['min_repeat_ms']} (ms_droplet.measure.default_evaluator_config)",
         "remeasure": f"{args.rounds} interleaved rounds of time_evaluator(number=20, "
         "min_repeat_ms=50), median",
         "cost_model": "xgb (MetaSchedule default)",
     }
 
 
-def markdown(setup, results):
+def markdown(env, setup, results):
+    machine = describe({"environment": env})
     lines = [
-        f"# GPU kernels: droplet vs evolutionary ({setup['gpu']})",
+        f"# GPU kernels: droplet vs evolutionary ({machine['gpu']})",
         "",
-        f"{setup['date']}, TVM {setup['tvm']}, target `{setup['target']}`, seeds {setup['seeds']}.",
+        f"{machine['date']}, TVM {machine['tvm']}, target `{machine['target']}`, "
+        f"seeds {setup['seeds']}.",
         "",
         "| kernel | seed | run | trials | failed | tuning s | best us (re-measured) | vs ceiling "
         "| correct |",
@@ -301,18 +233,23 @@ def markdown(setup, results):
     return "\n".join(lines) + "\n"
 
 
-def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
-    """One run's record (with its winner under ``_sch``): tuned now, or reused from the root."""
+def winner(work_dir, mod, target):
+    """The best schedule of a work_dir's records (``compile_tir``), or None."""
     from tvm.s_tir import meta_schedule as ms
 
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    return ms.tir_integration.compile_tir(database, mod, target)
+
+
+def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
+    """One run's record (with its winner under ``_sch``): tuned now, or reused from the root."""
     if args.work_root:
         work_dir = os.path.join(args.work_root, f"{name}-s{seed}-{label.replace('@', '_')}")
         meta_path = os.path.join(work_dir, "bench_run.json")
         if os.path.exists(meta_path):
             with open(meta_path, encoding="utf-8") as f:
                 run = json.load(f)
-            database = ms.database.JSONDatabase(work_dir=work_dir)
-            run["_sch"] = ms.tir_integration.compile_tir(database, mod, target)
+            run["_sch"] = winner(work_dir, mod, target)
             run["reused"] = True
             print(f"{name} s{seed} {label}: reused from {work_dir}", flush=True)
             return run
@@ -324,9 +261,10 @@ def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
         work_dir = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
     if time.perf_counter() - begin > args.time_limit:
         return {"label": label, "skipped": "time limit", "_sch": None}
-    sch, wall, curve, profile, reports = tune_one(
+    _, wall, curve, profile, reports = tune_one(
         mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
     )
+    sch = winner(work_dir, mod, target)
     run = {
         "label": label,
         "seed": seed,
@@ -352,8 +290,6 @@ def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
 
 def kept_runs(args, name, seed, planned, mod, target):
     """Finished runs of this kernel and seed under the work root that are not in the plan."""
-    from tvm.s_tir import meta_schedule as ms
-
     if not args.work_root or not os.path.isdir(args.work_root):
         return []
     prefix = f"{name}-s{seed}-"
@@ -367,8 +303,7 @@ def kept_runs(args, name, seed, planned, mod, target):
         with open(meta_path, encoding="utf-8") as f:
             run = json.load(f)
         run["label"] = entry[len(prefix) :]
-        database = ms.database.JSONDatabase(work_dir=work_dir)
-        run["_sch"] = ms.tir_integration.compile_tir(database, mod, target)
+        run["_sch"] = winner(work_dir, mod, target)
         run["reused"] = True
         runs.append(run)
     return runs
@@ -378,8 +313,8 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     target = cuda_target()
-    setup = setup_record(args, target)
-    print(json.dumps(setup, indent=1), flush=True)
+    env, setup = environment(target, gpu=True), run_settings(args)
+    print(json.dumps({"environment": env, "setup": setup}, indent=1), flush=True)
     begin = time.perf_counter()
     stem = "gpu-" + args.kernels.replace(",", "-")
     wanted = set(args.runs.split(",")) if args.runs else None
@@ -403,17 +338,24 @@ def main(argv=None):
                 continue
             # Inputs from the seed: each seed's winners are checked on their own random data.
             inputs = random_args(mod, np.random.default_rng(seed))
-            remeasure(runs, target, args.rounds, inputs, reference(name, inputs))
+            remeasure(
+                runs,
+                target,
+                args.rounds,
+                inputs,
+                reference(name, inputs),
+                number=20,
+                atol_scale=1e-4,
+            )
             ceiling = torch_ceiling(name, args.rounds)
             results.append({"kernel": name, "seed": seed, "runs": runs, "ceiling": ceiling})
-            with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
-                json.dump({"setup": setup, "results": results}, f, indent=1, default=str)
+            doc = {"setup": setup, "results": results}
+            write_json(os.path.join(args.out, f"{stem}.json"), doc, env, default=str)
     if args.tune_only:
         print("tuned; re-measure with the same --work-root and without --tune-only", flush=True)
         return
-    text = markdown(setup, results)
-    with open(os.path.join(args.out, f"{stem}.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    text = markdown(env, setup, results)
+    write_text(os.path.join(args.out, f"{stem}.md"), text)
     print(text)
 
 

@@ -32,8 +32,8 @@ before the post-pass, then the post-pass on its work_dir, clocked on its own; it
 is the sum. This saves one evolutionary run per kernel and seed and changes nothing in either.
 
 The winners of one kernel and seed are re-measured in a fresh process (see
-:func:`measure_fresh`). ``--remeasure RESULTS.json --keep DIR`` re-measures an earlier result set
-that way from its kept work_dirs and rewrites its tables.
+:func:`benchlib.remeasure.measure_fresh`). ``--remeasure RESULTS.json --keep DIR`` re-measures
+an earlier result set that way from its kept work_dirs and rewrites its tables.
 
 Results so far are written to ``<out>/kernels.partial.json`` after every kernel and seed.
 With ``--keep DIR`` every run's work_dir is kept as ``DIR/<kernel>_<index>_<seed>_<run>``.
@@ -55,18 +55,21 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 
 import numpy as np
+from benchlib.cli import parse_with_smoke
+from benchlib.env import describe, environment
+from benchlib.kernels import random_args, reference_output, te_kernel
+from benchlib.remeasure import measure_fresh, measure_spec_main
+from benchlib.results import plot_curves, write_json, write_text
+from benchlib.runs import run_settings, tune_one
 
 DEFAULT_KERNELS = "GMM:1,C2D:1,DEP:1,NRM:1,SFM:1,CBR:1"
 
@@ -103,13 +106,9 @@ def parse_args(argv=None):
         "(work_dirs under --keep) are re-measured instead of tuned again, except those in --runs",
     )
     parser.add_argument("--measure-spec", default=None, help=argparse.SUPPRESS)
-    parser.add_argument(
-        "--smoke", action="store_true", help="one kernel, tiny budgets (for CI): ~2 minutes"
-    )
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.kernels, args.seeds, args.trials, args.trials_per_iter = "GMM:0", "1", 8, 4
-        args.no_postopt, args.rounds = True, 3
+    smoke = {"kernels": "GMM:0", "seeds": "1", "trials": 8, "trials_per_iter": 4, "rounds": 3}
+    smoke_help = "one kernel, tiny budgets (for CI): ~2 minutes"
+    args = parse_with_smoke(parser, argv, smoke_help, **smoke, no_postopt=True)
     labels = {"droplet@T", "evolutionary@T", "evolutionary@4T", "evolutionary@8T"}
     if args.runs is not None:
         wanted = [x.strip() for x in args.runs.split(",") if x.strip()]
@@ -169,158 +168,6 @@ def run_post_pass(work_dir, target):
     return wall, database, records() - before
 
 
-class Curve:
-    """Best-so-far latency against trials and seconds, fed by a measure callback."""
-
-    def __init__(self):
-        from tvm.ir.utils import derived_object
-        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
-
-        self.start = time.perf_counter()
-        self.points: list[tuple[int, float, float]] = []
-        self.trials = self.failed = 0
-        self.best = math.inf
-        outer = self
-
-        @derived_object
-        class _Callback(PyMeasureCallback):
-            def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
-                for result in results:
-                    secs = [float(x) for x in (result.run_secs or [])]
-                    if result.error_msg is None and secs and max(secs) < 1e9:
-                        outer.best = min(outer.best, sum(secs) / len(secs))
-                    else:
-                        outer.failed += 1
-                outer.trials += len(measure_candidates)
-                outer.points.append(
-                    (outer.trials, time.perf_counter() - outer.start, outer.best * 1e6)
-                )
-
-        self.callback = _Callback()
-
-
-def tune_one(
-    mod,
-    target,
-    work_dir,
-    strategy,
-    budget,
-    per_iter,
-    seed,
-    options=None,
-    workers=None,
-    cost_model="xgb",
-):
-    """One real tuning run; returns the database, wall seconds, curve, profile, reports.
-
-    ``options``: ``DropletSearch`` options (droplet only); ``workers``: build processes;
-    ``cost_model``: passed to ``tune_tir``.
-    """
-    from tvm.s_tir import meta_schedule as ms
-
-    from ms_droplet import DropletSearch
-    from ms_droplet.builder import FastBuilder
-    from ms_droplet.measure import default_evaluator_config
-
-    curve = Curve()
-    strat = DropletSearch(**(options or {})) if strategy == "droplet" else strategy
-    callbacks = list(ms.measure_callback.MeasureCallback.create("default")) + [curve.callback]
-    builder = FastBuilder(max_workers=workers)
-    start = time.perf_counter()
-    with ms.Profiler() as profiler:
-        database = ms.tune_tir(
-            mod,
-            target,
-            work_dir,
-            max_trials_global=budget,
-            num_trials_per_iter=per_iter,
-            strategy=strat,
-            builder=builder,
-            runner=ms.runner.LocalRunner(evaluator_config=default_evaluator_config()),
-            measure_callbacks=callbacks,
-            cost_model=cost_model,
-            seed=seed,
-        )
-    wall = time.perf_counter() - start
-    builder.shutdown()
-    reports = [r.__dict__ for r in getattr(strat, "reports", [])] if strategy == "droplet" else []
-    profile = {k: float(v) for k, v in profiler.get().items()}
-    return database, wall, curve, profile, reports
-
-
-def random_args(func, rng):
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-
-    arrays = []
-    for info in ArgInfo.from_prim_func(func):
-        shape = [int(x) for x in info.shape]
-        dtype = str(info.dtype)
-        if "int" in dtype:
-            arrays.append(rng.integers(-4, 4, size=shape).astype(dtype))
-        else:
-            arrays.append(rng.uniform(-1, 1, size=shape).astype(dtype))
-    return arrays
-
-
-def reference_output(name, mod, target, inputs):
-    """The expected output: numpy for batch matmul, the untuned TVM build otherwise."""
-    import tvm
-
-    if name == "GMM":
-        return inputs[0] @ inputs[1], "numpy"
-    lib = tvm.compile(mod, target=target)
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(a, dev) for a in inputs]
-    lib(*args)
-    return args[-1].numpy(), "untuned TVM build"
-
-
-def remeasure(entries, target, rounds, inputs, expected):
-    """Build each entry's best schedule; check it; time all interleaved. Fills entry fields."""
-    import tvm
-
-    dev = tvm.cpu()
-    timers = []
-    for entry in entries:
-        sch = entry.pop("_sch")
-        entry["correct"] = None
-        if sch is None:
-            timers.append(None)
-            continue
-        lib = tvm.compile(sch.mod, target=target)
-        args = [tvm.runtime.tensor(a, dev) for a in inputs]
-        args[-1] = tvm.runtime.tensor(np.zeros_like(inputs[-1]), dev)
-        lib(*args)
-        entry["correct"] = bool(
-            np.allclose(args[-1].numpy(), expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
-        )
-        timers.append(
-            (lib.jit().time_evaluator("main", dev, number=10, repeat=1, min_repeat_ms=50), args)
-        )
-    time_interleaved(entries, timers, rounds)
-
-
-def time_interleaved(entries, timers, rounds):
-    """Call every timer once per round, in turn (A B C A B C ...); store median and IQR.
-
-    ``timers[i]`` is ``(time_evaluator function, args)`` for ``entries[i]``, or None.
-    """
-    samples: list[list[float]] = [[] for _ in entries]
-    for _ in range(rounds):
-        for i, timer in enumerate(timers):
-            if timer is not None:
-                func, args = timer
-                samples[i].append(func(*args).mean)
-    for entry, times in zip(entries, samples):
-        if times:
-            entry["median_us"] = statistics.median(times) * 1e6
-            q = np.percentile(times, [25, 75])
-            entry["iqr_us"] = float(q[1] - q[0]) * 1e6
-            entry["remeasured_us"] = [t * 1e6 for t in times]
-        else:
-            entry["median_us"] = None
-
-
 def numpy_ceiling(name, inputs, rounds):
     """numpy's time for the matmul (OpenBLAS), with OPENBLAS_CORETYPE unset in a subprocess."""
     if name != "GMM":
@@ -346,68 +193,6 @@ def numpy_ceiling(name, inputs, rounds):
     }
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     return float(out.stdout.strip()) if out.returncode == 0 else None
-
-
-def _commit():
-    """The repository's commit (``+dirty`` with local changes), or None outside a checkout."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-        )
-    except OSError:
-        return None
-    if head.returncode != 0:
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-
-
-def setup_record(args, target):
-    import psutil
-    import tvm
-    import tvm_ffi
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    from ms_droplet.measure import default_evaluator_config
-
-    evaluator = default_evaluator_config()
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tvm": tvm.__version__,
-        "tvm_ffi": getattr(tvm_ffi, "__version__", "?"),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": {
-            "physical": psutil.cpu_count(logical=False),
-            "logical": psutil.cpu_count(logical=True),
-        },
-        "target": str(target),
-        "evaluator_config": {
-            "number": evaluator.number,
-            "repeat": evaluator.repeat,
-            "min_repeat_ms": evaluator.min_repeat_ms,
-        },
-        "builder": "ms_droplet.builder.FastBuilder",
-        "commit": _commit(),
-        "budget_T": args.trials,
-        "trials_per_iter": args.trials_per_iter,
-        "seeds": [int(s) for s in args.seeds.split(",")],
-        "kernels": args.kernels.split(","),
-        "rounds": args.rounds,
-    }
 
 
 def summarize(results):
@@ -456,12 +241,15 @@ def summarize(results):
     return out
 
 
-def markdown(setup, results, summary):
+def markdown(doc):
+    """The Markdown of a result set: every run, the summary, and the tables below."""
+    setup, results, summary = doc["setup"], doc["results"], doc["summary"]
+    env = describe(doc)
     lines = [
         "# Kernel benchmark: droplet vs evolutionary search",
         "",
-        f"{setup['date']}, TVM {setup['tvm']} (ffi {setup['tvm_ffi']}), {setup['cpu']}, "
-        f"{setup['cores']['physical']} physical cores, target `{setup['target']}`, "
+        f"{env['date']}, TVM {env['tvm']} (ffi {env['tvm_ffi']}), {env['cpu']}, "
+        f"{env['physical_cores']} physical cores, target `{env['target']}`, "
         f"evaluator {setup['evaluator_config']}, T={setup['budget_T']}, "
         f"{setup['trials_per_iter']} trials a batch, seeds {setup['seeds']}, "
         f"{setup['rounds']} interleaved timing rounds.",
@@ -629,127 +417,9 @@ def exploration_table(results):
     return lines
 
 
-def plot(results, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is missing: pip install 'ms-droplet[plot]' to get the plot")
-        return False
-    kernels = sorted({r["kernel"] for r in results})
-    fig, axes = plt.subplots(len(kernels), 2, figsize=(11, 3.2 * len(kernels)), squeeze=False)
-    for row, kernel in zip(axes, kernels):
-        for r in results:
-            if r["kernel"] != kernel or not r["curve"]:
-                continue
-            trials, secs, best = zip(*r["curve"])
-            label = f"{r['run']} s{r['seed']}"
-            row[0].step(trials, best, where="post", label=label)
-            row[1].step(secs, best, where="post", label=label)
-        row[0].set(title=f"{kernel}: best so far", xlabel="trials", ylabel="latency (us)")
-        row[1].set(title=f"{kernel}: best so far", xlabel="tuning seconds", ylabel="latency (us)")
-        row[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return True
-
-
-def measure_fresh(kernel, specs, rounds):
-    """Re-measure the best schedules of several work_dirs in a fresh process, interleaved.
-
-    ``specs``: one ``{"work_dir": ..., "first": N or None}`` per run (``first``: only the
-    first N records count). Returns one dict per spec: ``median_us``, ``iqr_us``,
-    ``remeasured_us``, ``correct``. Why a fresh process: timed in the process that had just
-    tuned, some winners ran 1.4-2x slower than in tuning and than in a fresh process, run
-    after run, while others did not (GMM:1 seeds 2-3 of the first full set); a fresh process
-    is also how a tuned kernel is deployed.
-    """
-    import subprocess
-
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump({"kernel": kernel, "rounds": rounds, "runs": specs}, f)
-        path = f.name
-    try:
-        out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), "--measure-spec", path],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"measuring {kernel} failed:\n{out.stderr[-3000:]}")
-        with open(path + ".out", encoding="utf-8") as f:
-            return json.load(f)
-    finally:
-        for leftover in (path, path + ".out"):
-            if os.path.exists(leftover):
-                os.remove(leftover)
-
-
-def measure_spec_main(path):
-    """The child of :func:`measure_fresh`: build, check and time; write ``<path>.out``."""
-    import tvm.s_tir.tensor_intrin  # noqa: F401 - as in tuning: registers the intrinsics
-    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
-
-    from ms_droplet.target import host_target
-
-    with open(path, encoding="utf-8") as f:
-        spec = json.load(f)
-    target = host_target()
-    name, index = spec["kernel"].split(":")
-    mod = _normalize_mod(create_te_workload(name, int(index)))
-    inputs = random_args(mod["main"], np.random.default_rng(0))
-    expected, _ = reference_output(name, mod, target, inputs)
-    entries = [
-        {"_sch": best_of_records(run["work_dir"], mod, run.get("first"))} for run in spec["runs"]
-    ]
-    remeasure(entries, target, spec["rounds"], inputs, expected)
-    with open(path + ".out", "w", encoding="utf-8") as f:
-        json.dump(entries, f)
-
-
-def records_in_order(work_dir, mod, first=None):
-    """``(TuningRecord, mean run seconds)`` of a kept work_dir of ``mod``, in the order they
-    were measured (the file's; ``JSONDatabase`` sorts them by run time), the first ``first``
-    only if given; the mean is ``inf`` for a failed record."""
-    from tvm.s_tir import meta_schedule as ms
-
-    workload = ms.database.Workload(mod)
-    with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
-        lines = [line for line in f if line.strip()]
-    out = []
-    for line in lines[:first] if first else lines:
-        # A line is [workload index, record]; every record here is of this one workload.
-        record = ms.database.TuningRecord.from_json(json.loads(line)[1], workload)
-        secs = [float(x) for x in (record.run_secs or [])]
-        valid = secs and max(secs) < 1e9
-        out.append((record, sum(secs) / len(secs) if valid else math.inf))
-    return out
-
-
-def best_of_records(work_dir, mod, first=None):
-    """The schedule of the fastest valid record of a kept work_dir (of its first ``first``)."""
-    from tvm.s_tir import Schedule
-
-    best, best_secs = None, math.inf
-    for record, secs in records_in_order(work_dir, mod, first):
-        if secs < best_secs:
-            best, best_secs = record, secs
-    if best is None:
-        return None
-    sch = Schedule(mod)
-    best.trace.apply_to_schedule(sch, remove_postproc=False)
-    return sch
-
-
-def ab_main(args, target, setup):
+def ab_main(args, target, setup, env):
     """Droplet of the code at hand against an earlier result set (see the module docstring)."""
     from tvm.s_tir.analysis import estimate_tir_flops
-    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 
     with open(args.ab, encoding="utf-8") as f:
         earlier = json.load(f)
@@ -762,9 +432,7 @@ def ab_main(args, target, setup):
     try:
         for kernel, seed in pairs:
             name, index = kernel.split(":")
-            mod = _normalize_mod(create_te_workload(name, int(index)))
-            inputs = random_args(mod["main"], np.random.default_rng(0))
-            expected, _ = reference_output(name, mod, target, inputs)
+            mod = te_kernel(kernel)
             print(f"[{kernel} seed {seed}] droplet@T (this code) ...", flush=True)
             work_dir = os.path.join(scratch, f"{name}_{index}_{seed}")
             _, wall, curve, _, reports = tune_one(
@@ -839,13 +507,12 @@ def ab_main(args, target, setup):
                     "pairs": len(ratios),
                 }
     doc = {"setup": setup, "earlier": args.ab, "results": results, "summary": summary}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "ab.json"), "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
+    write_json(os.path.join(args.out, "ab.json"), doc, env)
+    machine = describe({"environment": env})
     lines = [
         "# Droplet of this code against an earlier result set, re-measured side by side",
         "",
-        f"{setup['date']}, target `{setup['target']}`, earlier set `{args.ab}` "
+        f"{env['date']}, target `{machine['target']}`, earlier set `{args.ab}` "
         f"(T={old['budget_T']}, seeds {old['seeds']}), {args.rounds} interleaved rounds.",
         "",
         "| kernel | seed | run | tuning s | median us | IQR us | correct |",
@@ -871,13 +538,12 @@ def ab_main(args, target, setup):
         )
     lines += droplet_table([r for r in results if r.get("droplet_reports")])
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(args.out, "ab.md"), "w", encoding="utf-8") as f:
-        f.write(text)
+    write_text(os.path.join(args.out, "ab.md"), text)
     print(text)
     return 1 if any(r["correct"] is False for r in results) else 0
 
 
-def remeasure_main(args, target):
+def remeasure_main(args, env):
     """Re-measure every run of an earlier result set from its kept work_dirs (fresh processes)."""
     with open(args.remeasure, encoding="utf-8") as f:
         doc = json.load(f)
@@ -910,17 +576,17 @@ def remeasure_main(args, target):
     for kernel in dict.fromkeys(r["kernel"] for r in results):
         name, index = kernel.split(":")
         if ceilings.get(kernel) is None and name == "GMM":
-            from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-            from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
-
-            mod = _normalize_mod(create_te_workload(name, int(index)))
+            mod = te_kernel(kernel)
             inputs = random_args(mod["main"], np.random.default_rng(0))
             ceilings[kernel] = numpy_ceiling(name, inputs, args.rounds)
     doc["setup"]["remeasured"] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": env["date"],
         "how": "fresh process per kernel and seed, from the kept work_dirs",
         "rounds": args.rounds,
+        "environment": env,
     }
+    if "environment" in doc:  # the tuning's record; the file's becomes this process's
+        doc["setup"]["tuned_in"] = doc["environment"]
     doc["summary"] = summarize(results)
     return doc
 
@@ -961,18 +627,16 @@ def reuse_entries(earlier, kernel, seed, label, work_dir):
     return out
 
 
-def write_outputs(doc, stem):
-    """JSON, Markdown and PNG of a result set."""
-    setup, results, summary = doc["setup"], doc["results"], doc["summary"]
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(setup, results, summary))
-        for kernel, ceiling in (doc.get("numpy_ceiling_us") or {}).items():
-            if ceiling:
-                f.write(f"\nnumpy (OpenBLAS, OPENBLAS_CORETYPE unset) {kernel}: {ceiling:.2f} us\n")
-    plot(results, stem + ".png")
-    print(open(stem + ".md", encoding="utf-8").read())
+def write_outputs(doc, stem, env):
+    """JSON (with the environment record ``env``), Markdown and PNG of a result set."""
+    doc = write_json(stem + ".json", doc, env)
+    text = markdown(doc)
+    for kernel, ceiling in (doc.get("numpy_ceiling_us") or {}).items():
+        if ceiling:
+            text += f"\nnumpy (OpenBLAS, OPENBLAS_CORETYPE unset) {kernel}: {ceiling:.2f} us\n"
+    write_text(stem + ".md", text)
+    plot_curves(doc["results"], stem + ".png")
+    print(text)
 
 
 def main(argv=None):
@@ -983,22 +647,21 @@ def main(argv=None):
 
     import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
     from tvm.s_tir.analysis import estimate_tir_flops
-    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 
     from ms_droplet.target import host_target
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = host_target()
-    setup = setup_record(args, target)
+    env = environment(target)
+    setup = run_settings(args)
     os.makedirs(args.out, exist_ok=True)
     if (args.ab or args.remeasure) and not args.keep:
         raise SystemExit("--ab and --remeasure need --keep: the folder of the earlier work_dirs")
     if args.ab:
-        return ab_main(args, target, setup)
+        return ab_main(args, target, setup, env)
     if args.remeasure:
-        doc = remeasure_main(args, target)
-        write_outputs(doc, os.path.join(args.out, "kernels"))
+        doc = remeasure_main(args, env)
+        write_outputs(doc, os.path.join(args.out, "kernels"), env)
         return 1 if any(r["correct"] is False for r in doc["results"]) else 0
     scratch = args.keep or tempfile.mkdtemp(prefix="bench_kernels_")
     earlier = load_resume(args.resume)
@@ -1010,7 +673,7 @@ def main(argv=None):
     try:
         for kernel in args.kernels.split(","):
             name, index = kernel.split(":")
-            mod = _normalize_mod(create_te_workload(name, int(index)))
+            mod = te_kernel(kernel)
             flop = float(estimate_tir_flops(mod))
             inputs = random_args(mod["main"], np.random.default_rng(0))
             expected, reference = reference_output(name, mod, target, inputs)
@@ -1072,8 +735,8 @@ def main(argv=None):
                 for entry, fields in zip(entries, measured):
                     entry.update(fields)
                 results.extend(entries)
-                with open(os.path.join(args.out, "kernels.partial.json"), "w") as f:
-                    json.dump({"setup": setup, "results": results}, f, indent=1)
+                partial = {"setup": setup, "results": results}
+                write_json(os.path.join(args.out, "kernels.partial.json"), partial, env)
                 for e in entries:
                     print(
                         f"    {e['run']:16s} {e.get('median_us') or float('nan'):9.2f} us  "
@@ -1086,7 +749,7 @@ def main(argv=None):
             shutil.rmtree(scratch, ignore_errors=True)
     summary = summarize(results)
     doc = {"setup": setup, "numpy_ceiling_us": ceilings, "results": results, "summary": summary}
-    write_outputs(doc, os.path.join(args.out, "smoke" if args.smoke else "kernels"))
+    write_outputs(doc, os.path.join(args.out, "smoke" if args.smoke else "kernels"), env)
     bad = [r for r in results if r["correct"] is False]
     return 1 if bad else 0
 

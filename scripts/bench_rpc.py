@@ -27,7 +27,7 @@ Clocked: wall seconds of ``tune_tir``, and within it the seconds spent building 
 (from ``run()`` to the end of the batch); the rest is search (evolutionary generation, descent,
 cost model). Afterwards
 the best schedule of every run is built, checked against numpy (matmuls) or the untuned build,
-and timed locally, interleaved (``bench_kernels.remeasure``).
+and timed locally, interleaved (``benchlib.remeasure.remeasure``).
 
 Examples::
 
@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -50,9 +48,12 @@ import tempfile
 import time
 
 import numpy as np
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_kernels import random_args, reference_output, remeasure  # noqa: E402
+from benchlib.cli import parse_with_smoke
+from benchlib.env import describe, environment
+from benchlib.kernels import random_args, reference_output, te_kernel
+from benchlib.remeasure import remeasure
+from benchlib.results import write_json, write_text
+from benchlib.runs import evaluator_settings
 
 
 def parse_args(argv=None):
@@ -70,16 +71,17 @@ def parse_args(argv=None):
         action="store_true",
         help="skip the untimed first run (one batch, one server) that pays one-time costs",
     )
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="GMM:0, 8 trials, one pair, no warm-up (for CI): ~2 minutes",
+    return parse_with_smoke(
+        parser,
+        argv,
+        "GMM:0, 8 trials, one pair, no warm-up (for CI): ~2 minutes",
+        kernel="GMM:0",
+        trials=8,
+        trials_per_iter=4,
+        pairs=1,
+        rounds=3,
+        no_warmup=True,
     )
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.kernel, args.trials, args.trials_per_iter = "GMM:0", 8, 4
-        args.pairs, args.rounds, args.no_warmup = 1, 3, True
-    return args
 
 
 def run_order(pairs: int) -> list[int]:
@@ -112,6 +114,8 @@ def timed(builder, runner, clock):
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
     from tvm.s_tir.meta_schedule.runner import PyRunner
 
+    from ms_droplet.measure import result_run_secs
+
     @derived_object
     class TimedBuilder(PyBuilder):
         def build(self, build_inputs):
@@ -137,11 +141,11 @@ def timed(builder, runner, clock):
             for built, result in zip(builder_results, results):
                 clock.trials += 1
                 error = built.error_msg or result.error_msg
-                if error is not None or not result.run_secs:
+                secs = result_run_secs(result)
+                if error is not None or not secs:
                     clock.failures += 1
                     clock.errors.append((error or "no timing").strip().splitlines()[0][:200])
                     continue
-                secs = [float(x) for x in result.run_secs]
                 clock.best_s = min(clock.best_s, sum(secs) / len(secs))
             clock.batches.append((clock.trials, now - clock.start))
 
@@ -241,34 +245,15 @@ def tune_through_tracker(mod, target, work_dir, servers, builder, args, trials=N
     }
 
 
-def setup_record(args, target):
-    import psutil
+def run_settings(args):
+    """The settings of the benchmark, for its result file (the machine is in its environment
+    record)."""
     import tornado
-    import tvm
-    import tvm_ffi
 
-    from ms_droplet.measure import default_evaluator_config
     from ms_droplet.rpc import CONNECT_MARGIN_SEC
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    evaluator = default_evaluator_config()
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "tvm": tvm.__version__,
-        "tvm_ffi": getattr(tvm_ffi, "__version__", "?"),
         "tornado": tornado.version,
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": {
-            "physical": psutil.cpu_count(logical=False),
-            "logical": psutil.cpu_count(logical=True),
-        },
-        "target": str(target),
         "kernel": args.kernel,
         "strategy": "droplet (DropletSearch(), default exploration)",
         "budget": args.trials,
@@ -277,12 +262,7 @@ def setup_record(args, target):
         "pairs": args.pairs,
         "warmup_run": not args.no_warmup,
         "run_order": run_order(args.pairs),
-        "evaluator_config": {
-            "number": evaluator.number,
-            "repeat": evaluator.repeat,
-            "min_repeat_ms": evaluator.min_repeat_ms,
-            "enable_cpu_cache_flush": evaluator.enable_cpu_cache_flush,
-        },
+        "evaluator_config": evaluator_settings(),
         "runner": "ms_droplet.rpc.rpc_runner (MetaSchedule RPCRunner), one parallel session "
         "per server",
         "session_timeout_s": args.session_timeout,
@@ -329,14 +309,16 @@ def _num(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def markdown(setup, runs, summary):
+def markdown(env, setup, runs, summary):
     ev = setup["evaluator_config"]
+    machine = describe({"environment": env})
     lines = [
         "# RPC benchmark: droplet tuning through a tracker, 1 server vs 2",
         "",
-        f"`scripts/bench_rpc.py`, {setup['date']}: TVM {setup['tvm']} (ffi {setup['tvm_ffi']}, "
-        f"tornado {setup['tornado']}), {setup['cpu']}, {setup['cores']['physical']} physical / "
-        f"{setup['cores']['logical']} logical cores, target `{setup['target']}`.",
+        f"`scripts/bench_rpc.py`, {machine['date']}: TVM {machine['tvm']} "
+        f"(ffi {machine['tvm_ffi']}, tornado {setup['tornado']}), {machine['cpu']}, "
+        f"{machine['physical_cores']} physical / {machine['logical_cores']} logical cores, "
+        f"target `{machine['target']}`.",
         f"Kernel `{setup['kernel']}`, {setup['strategy']}, {setup['budget']} trials, "
         f"{setup['trials_per_iter']} a batch, seed {setup['seed']}; evaluator number="
         f"{ev['number']} repeat={ev['repeat']} min_repeat_ms={ev['min_repeat_ms']}; "
@@ -399,7 +381,7 @@ def markdown(setup, runs, summary):
         "## What the ratio means here, and what it does not",
         "",
     ]
-    cores = setup["cores"]["logical"]
+    cores = machine["logical_cores"]
     share = one["median_share_of_wall_in_run"]
     lines += [
         f"- Everything ran on one {cores}-core machine: the tuning process (search, cost model), "
@@ -440,19 +422,16 @@ def main(argv=None):
     import logging
 
     import tvm.s_tir.tensor_intrin  # noqa: F401 - pay this one-time ~12 s import before any clock
-    from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
-    from tvm.s_tir.meta_schedule.tir_integration import _normalize_mod
 
     from ms_droplet import FastBuilder
     from ms_droplet.target import host_target
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = host_target()
-    setup = setup_record(args, target)
-    name, index = args.kernel.split(":")
-    mod = _normalize_mod(create_te_workload(name, int(index)))
+    env, setup = environment(target), run_settings(args)
+    mod = te_kernel(args.kernel)
     inputs = random_args(mod["main"], np.random.default_rng(0))
-    expected, reference = reference_output(name, mod, target, inputs)
+    expected, reference = reference_output(args.kernel.split(":")[0], mod, target, inputs)
     setup["reference"] = reference
     os.makedirs(args.out, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="bench_rpc_")
@@ -483,11 +462,10 @@ def main(argv=None):
     summary = summarize(runs)
     doc = {"setup": setup, "runs": runs, "summary": summary}
     stem = os.path.join(args.out, "rpc-smoke" if args.smoke else "rpc")
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=1)
-    with open(stem + ".md", "w", encoding="utf-8") as f:
-        f.write(markdown(setup, runs, summary))
-    print(open(stem + ".md", encoding="utf-8").read())
+    write_json(stem + ".json", doc, env)
+    text = markdown(env, setup, runs, summary)
+    write_text(stem + ".md", text)
+    print(text)
     bad = [r for r in runs if r["correct"] is False]
     return 1 if bad else 0
 

@@ -18,17 +18,21 @@
 
 The patch is generated from this package's modules, so the two never drift:
 
-* ``ms_droplet/_neighbors.py``, ``_descent.py`` and ``_trace.py`` become private modules of
-  TVM's ``search_strategy`` package (``_droplet_neighbors.py``, ``_droplet_descent.py``,
-  ``_droplet_trace.py``), ``ms_droplet/strategy.py`` becomes ``droplet.py``. Separate modules
-  keep the pure core testable without TVM objects, exactly as here, and keep each file small.
+* ``ms_droplet``'s private modules (``_neighbors.py``, ``_samples.py``, ``_acceptance.py``,
+  ``_descent.py``, ``_options.py``, ``_state.py``, ``_trace.py``, ``_driver.py``; see
+  ``MODULES``) become private modules of TVM's ``search_strategy`` package
+  (``_droplet_neighbors.py``, ...), ``ms_droplet/strategy.py`` becomes ``droplet.py``. Separate
+  modules keep the pure core testable without TVM objects, exactly as here, and keep each file
+  small.
 * Imports are rewritten mechanically; every rewrite must match exactly as often as expected,
   otherwise generation fails (a change here that the generator does not know is an error, not
   a silently wrong patch).
 * Two ms_droplet-only concerns are left out: the work_dir lock (``workdir.py``: an ``fcntl``
   flock, POSIX-only while TVM supports Windows; and a JSONDatabase writer lock belongs in the
   database, not in one search strategy) and the stop request of ``interrupt.py`` (only the
-  ``ms-droplet`` CLI's signal handlers set it; upstream nothing would).
+  ``ms-droplet`` CLI's signal handlers set it; upstream nothing would). Both reach the strategy
+  only through its hook module ``_hooks.py``, which is not copied: the one textual replace
+  (``HOOKS_IMPORT``) makes ``droplet.py`` use the no-op ``RunHooks`` of ``_droplet_state.py``.
 * ``search_strategy/__init__.py`` (export) and ``search_strategy.py`` (``SearchStrategy.create``
   and its ``Literal[...]`` names) are edited with difflib against the installed TVM wheel's
   copies, which match ``python/tvm/...`` of the repository.
@@ -83,10 +87,24 @@ LOGGING_PATCH = "meta-schedule-logging-handlers.patch"
 MODULES = {
     "_neighbors": "_droplet_neighbors.py",
     "_samples": "_droplet_samples.py",
+    "_acceptance": "_droplet_acceptance.py",
     "_descent": "_droplet_descent.py",
+    "_options": "_droplet_options.py",
+    "_state": "_droplet_state.py",
     "_trace": "_droplet_trace.py",
+    "_driver": "_droplet_driver.py",
     "strategy": "droplet.py",
 }
+
+# strategy.py takes its hooks (work_dir lock, stop requests) from ms_droplet/_hooks.py, which
+# stays out of the patch; upstream the strategy uses the no-op default instead.
+HOOKS_IMPORT = (
+    "try:  # ms_droplet's work_dir lock and stop requests; the no-op default where it is absent\n"
+    "    from ._hooks import HOOKS\n"
+    "except ImportError:\n"
+    "    HOOKS = RunHooks()\n",
+    "HOOKS = RunHooks()\n",
+)
 
 # TVM's Python lint: ruff with the [tool.ruff] settings of apache/tvm's pyproject.toml
 # (pre-commit pins ruff v0.12.3; the checks run with the ruff installed here).
@@ -131,26 +149,6 @@ def _sub(src: str, pattern: str, new: str, what: str, count: int | None = 1) -> 
     return out
 
 
-def _drop_function(src: str, name: str) -> str:
-    """Remove a top-level function and the blank lines after it."""
-    tree = ast.parse(src)
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef) and node.name == name:
-            lines = src.splitlines(keepends=True)
-            end = node.end_lineno
-            while end < len(lines) and not lines[end].strip():
-                end += 1
-            return "".join(lines[: node.lineno - 1] + lines[end:])
-    raise GenerationError(f"no top-level function {name!r} to drop")
-
-
-def _drop_import_if_unused(src: str, module: str) -> str:
-    line = f"import {module}\n"
-    if line in src and f"{module}." not in src.replace(line, ""):
-        return src.replace(line, "", 1)
-    return src
-
-
 def _common(src: str, what: str) -> str:
     """Rewrites shared by every module: package-internal names and lint comments."""
     for ours, theirs in MODULES.items():
@@ -191,7 +189,6 @@ def _strategy(src: str) -> str:
     what = "strategy.py"
     src = _replace(
         src,
-        "from tvm.s_tir.meta_schedule.arg_info import ArgInfo\n"
         "from tvm.s_tir.meta_schedule.search_strategy import (\n"
         "    EvolutionarySearch,\n"
         "    MeasureCandidate,\n"
@@ -203,45 +200,34 @@ def _strategy(src: str) -> str:
     # Relative imports inside TVM's package, after the ms_droplet-internal ones (isort order).
     src = _replace(
         src,
-        "from ._descent import",
-        "from ..arg_info import ArgInfo\nfrom ._descent import",
-        what,
-    )
-    src = _replace(
-        src,
-        "from ._trace import TraceSpace, replay\n",
-        "from ._trace import TraceSpace, replay\n"
+        "from ._trace import replay\n",
+        "from ._trace import replay\n"
         "from .evolutionary_search import EvolutionarySearch\n"
         "from .search_strategy import MeasureCandidate, PySearchStrategy\n",
         what,
     )
-    # interrupt.py: the stop request of the ms-droplet CLI.
-    src = _replace(src, "from .interrupt import stop_requested\n", "", what)
-    src = _sub(
+    src = _replace(src, *HOOKS_IMPORT, what)
+    return _common(src, what)
+
+
+def _driver(src: str) -> str:
+    what = "_driver.py"
+    src = _replace(
         src,
-        r"^( +)if stop_requested\(\):\n(?:\1 .*\n)+",
+        "from tvm.s_tir.meta_schedule.arg_info import ArgInfo\n"
+        "from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate\n",
         "",
         what,
     )
-    # workdir.py: the work_dir lock.
-    src = _replace(src, "from .workdir import acquire_work_dir, release_work_dir\n", "", what)
-    src = _sub(
+    src = _replace(
+        src, "from ._descent import", "from ..arg_info import ArgInfo\nfrom ._descent import", what
+    )
+    src = _replace(
         src,
-        r"^( +)# Raises WorkDirBusyError.*\n(?:\1#.*\n)*\1lock = _lock_database_dir\(database\)\n"
-        r"\1try:\n\1    (self\._prepare\(.*\))\n\1except BaseException:\n(?:\1    .*\n)+"
-        r"\1self\._state\.lock = lock\n",
-        r"\1\2\n",
+        "from ._trace import TraceSpace\n",
+        "from ._trace import TraceSpace\nfrom .search_strategy import MeasureCandidate\n",
         what,
     )
-    src = _sub(
-        src, r"^( +)if state\.lock is not None:\n\1    release_work_dir\(state\.lock\)\n", "", what
-    )
-    src = _sub(src, r"^ +self\.lock: .*\n", "", what)
-    src = _drop_function(src, "_lock_database_dir")
-    src = _drop_import_if_unused(src, "os")
-    for gone in ("stop_requested", "release_work_dir", "acquire_work_dir", "lock"):
-        if re.search(rf"\b{gone}\b", src.split('"""', 2)[2]):
-            raise GenerationError(f"{what}: {gone!r} still used after removing the lock/stop")
     return _common(src, what)
 
 
@@ -250,7 +236,7 @@ def generated_modules() -> dict[str, str]:
     out = {}
     for ours, theirs in MODULES.items():
         src = (PKG / f"{ours}.py").read_text()
-        rewrite = {"strategy": _strategy, "_descent": _descent}.get(ours)
+        rewrite = {"strategy": _strategy, "_descent": _descent, "_driver": _driver}.get(ours)
         src = rewrite(src) if rewrite else _common(src, f"{ours}.py")
         ast.parse(src)
         out[f"{SS_DIR}/{theirs}"] = src

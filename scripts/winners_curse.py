@@ -42,7 +42,11 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib.env import environment
+from benchlib.records import read_record_lines, records_in_order
+from benchlib.results import write_json
+
+from ms_droplet.measure import valid_run_secs
 
 
 def parse_args(argv=None):
@@ -93,12 +97,10 @@ def compare_picks(work_dirs, calls=0):
     rows = []
     for work_dir in work_dirs:
         pooled, single, first_line = {}, [], {}
-        with open(os.path.join(work_dir, "database_tuning_record.json"), encoding="utf-8") as f:
-            lines = [line for line in f if line.strip()]
-        for index, line in enumerate(lines):
-            record = json.loads(line)[1]  # [trace, run_secs, target, args_info]
-            secs = [float(x) for x in record[1] or []]
-            if not secs or max(secs) >= 1e9:
+        for index, (_, record) in enumerate(read_record_lines(work_dir)):
+            # record: [trace, run_secs, target, args_info]
+            secs = valid_run_secs(record[1])
+            if not secs:
                 continue
             key = json.dumps(record[0])  # the trace: equal for measurements of one schedule
             pooled.setdefault(key, []).append(secs)
@@ -119,8 +121,6 @@ def compare_picks(work_dirs, calls=0):
             "measured_again": sum(len(v) > 1 for v in pooled.values()),
         }
         if calls and best != pick:
-            from bench_kernels import records_in_order
-
             mod = workload_mod(work_dir)
             records = records_in_order(work_dir, mod)
             fresh = measure_again(
@@ -161,7 +161,7 @@ def measure_again(mod, traces, calls):
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from ms_droplet.builder import FastBuilder
-    from ms_droplet.measure import default_evaluator_config
+    from ms_droplet.measure import default_evaluator_config, result_run_secs
     from ms_droplet.target import host_target
 
     target = host_target()
@@ -180,22 +180,29 @@ def measure_again(mod, traces, calls):
                 for b, m in zip(built, mods)
             ]
             for samples, future in zip(fresh, runner.run(inputs)):
-                result = future.result()
-                if result.run_secs:
-                    samples.append(float(np.mean([float(s) for s in result.run_secs])))
+                secs = result_run_secs(future.result())
+                if secs:
+                    samples.append(float(np.mean(secs)))
     return fresh if all(len(x) == calls for x in fresh) else None
+
+
+def write_out(args, rows, summary):
+    """Write the rows and summary to ``--out`` (if given), with the environment record."""
+    if not args.out:
+        return
+    from ms_droplet.target import host_target
+
+    doc = {"args": vars(args), "rows": rows, "summary": summary}
+    write_json(args.out, doc, environment(host_target()))
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.picks:
         rows, summary = compare_picks(args.work_dirs, args.calls if args.measure else 0)
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
+        write_out(args, rows, summary)
         return 0
     import numpy as np
-    from bench_kernels import records_in_order
     from scipy.stats import gmean, mannwhitneyu
 
     rng = np.random.default_rng(args.seed)
@@ -228,9 +235,7 @@ def main(argv=None):
         "work_dirs": len(rows),
     }
     print(json.dumps(summary, indent=1))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(args), "rows": rows, "summary": summary}, f, indent=1)
+    write_out(args, rows, summary)
     return 0
 
 

@@ -1,7 +1,9 @@
-"""The ms-droplet command line: errors name the option; a real tiny run prints the table."""
+"""The ms-droplet command line: errors name the option; real tiny runs write their JSON."""
 
 from __future__ import annotations
 
+import json
+import logging
 import subprocess
 import sys
 
@@ -86,8 +88,50 @@ def test_tvmscript_file_is_loaded(tmp_path):
         load_workload(None, str(empty))
 
 
+def test_tune_and_tune_model_share_their_options():
+    parser = build_parser()
+    tune = vars(parser.parse_args(["tune"]))
+    model = vars(parser.parse_args(["tune-model", "--model", "mlp"]))
+    shared = {"target", "trials", "num_trials_per_iter", "strategy", "builder", "seed"}
+    shared |= {"work_dir", "json", "no_progress", "verbose", "rpc_tracker", "rpc_key"}
+    shared |= {"rpc_session_timeout", "rpc_parallel"}
+    assert shared <= tune.keys() and shared <= model.keys()
+    assert {k: tune[k] for k in shared - {"trials"}} == {k: model[k] for k in shared - {"trials"}}
+    assert (tune["trials"], model["trials"]) == (64, 256)
+    assert "plot" in tune and "plot" not in model
+
+
+def test_plot_without_matplotlib_is_refused_before_tuning(tmp_path, monkeypatch, capsys):
+    # None in sys.modules makes `import matplotlib...` raise ImportError, as if not installed.
+    for name in ("matplotlib", "matplotlib.backend_bases", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+    work_dir = tmp_path / "w"
+    err = _error_of(["--plot", str(tmp_path / "c.png"), "--work-dir", str(work_dir)], capsys)
+    assert "--plot" in err and "needs matplotlib, which is not installed" in err
+    assert 'pip install "ms-droplet[plot]"' in err
+    assert not work_dir.exists()  # refused before the work_dir was touched
+
+
+def test_plot_and_json_paths_are_checked_before_tuning(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    work_dir = ["--work-dir", str(tmp_path / "w")]
+    err = _error_of(["--plot", str(tmp_path / "curve.txt"), *work_dir], capsys)
+    assert "--plot must name an image file ending in .png" in err and "curve.txt" in err
+    err = _error_of(["--plot", str(tmp_path / "no" / "c.png"), *work_dir], capsys)
+    assert "--plot" in err and "no such directory" in err
+    err = _error_of(["--json", str(tmp_path / "no" / "r.json"), *work_dir], capsys)
+    assert "--json" in err and "no such directory" in err and "--json - for stdout" in err
+    err = _error_of(
+        ["tune-model", "--model", "mlp", "--json", "/no/such/dir/r.json", *work_dir], capsys
+    )
+    assert "--json" in err and "no such directory" in err
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.tuning
-def test_cli_real_run_prints_table(tmp_path):
+def test_cli_real_run_writes_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    work_dir = tmp_path / "w"
     out = subprocess.run(
         [
             sys.executable,
@@ -104,13 +148,57 @@ def test_cli_real_run_prints_table(tmp_path):
             "4",
             "--no-progress",
             "--work-dir",
-            str(tmp_path / "w"),
+            str(work_dir),
+            "--json",
+            "-",
+            "--plot",
+            str(tmp_path / "curve.png"),
         ],
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "best latency" in out.stdout and " us" in out.stdout
-    assert "exploration 4, descent" in out.stdout
-    assert str(tmp_path / "w" / "database_tuning_record.json") in out.stdout
+    result = json.loads(out.stdout)  # --json -: stdout holds the JSON alone
+    assert "best latency" in out.stderr and " us" in out.stderr  # the table moved to stderr
+    assert result["schema_version"] == 1 and result["command"] == "tune"
+    assert result["workload"] == "GMM:0" and result["strategy"] == "droplet"
+    assert "llvm" in result["target"]
+    assert result["best_secs"] > 0 and result["gflops"] > 0
+    assert result["trials"] == 8
+    assert result["trials_per_phase"]["exploration"] == 4
+    assert sum(result["trials_per_phase"].values()) == 8
+    (report,) = result["reports"]
+    assert report["exploration"] == 4 and report["stop_reason"]
+    assert result["database"] == str(work_dir / "database_tuning_record.json")
+    curve = result["curve"]
+    assert [p["trial"] for p in curve] == list(range(1, 9))
+    assert [p["phase"] for p in curve] == ["exploration"] * 4 + ["descent"] * 4
+    valid = [p["secs"] for p in curve if p["secs"] is not None]
+    assert min(valid) == pytest.approx(curve[-1]["best_secs"])
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.tuning
+def test_cli_tune_model_writes_json(tmp_path, capsys):
+    # 2 trials, 1 a batch, over the 6 tasks of the zoo MLP: tasks 0 and 1 get one trial each.
+    path = tmp_path / "model.json"
+    argv = ["tune-model", "--model", "mlp", "--trials", "2", "--num-trials-per-iter", "1"]
+    argv += ["--latency-rounds", "3", "--no-progress", "--work-dir", str(tmp_path / "w")]
+    meta_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = meta_logger.level
+    try:
+        assert main([*argv, "--json", str(path)]) == 0
+    finally:
+        meta_logger.setLevel(level)  # main() quiets MetaSchedule's logger; leave it as it was
+    assert "output vs untuned | match" in capsys.readouterr().out  # the table is still printed
+    result = json.loads(path.read_text())
+    assert result["schema_version"] == 1 and result["command"] == "tune-model"
+    assert result["model"] == "mlp" and result["batch_size"] == 1
+    assert result["trials"] == 2 and result["max_trials"] == 2
+    assert result["output_match"] is True and result["latency_rounds"] == 3
+    assert result["best_secs"] > 0 and result["untuned_secs"] > 0 and result["speedup"] > 0
+    assert len(result["tasks"]) == 6 and sum(t["trials"] for t in result["tasks"]) == 2
+    assert len(result["no_valid_trial"]) == 4
+    assert {"name", "weight", "valid", "best_secs", "applied"} <= result["tasks"][0].keys()
+    assert result["database"] == str(tmp_path / "w" / "database_tuning_record.json")

@@ -11,8 +11,6 @@ from ms_droplet._descent import (
     Coordinate,
     DescentConfig,
     DescentCore,
-    Outcome,
-    compare_samples,
 )
 
 
@@ -203,22 +201,6 @@ def test_contested_candidate_is_remeasured_with_incumbent():
     move = core.conclude()
     assert move is not None and move.p is not None and move.p <= 0.05
     assert core.incumbent == ((16, 2), 0)
-
-
-@pytest.mark.parametrize(
-    "inc, cand, outcome",
-    [
-        ([1.0, 1.01, 0.99], [0.5, 0.51, 0.49], Outcome.ACCEPT),
-        ([1.0, 1.01, 0.99], [1.2, 1.21, 1.19], Outcome.REJECT),
-        ([1.0], [0.5], Outcome.UNDECIDED),
-        ([1.0, 1.0], [0.999, 0.999], Outcome.REJECT),  # below min_gain
-        ([1.0, 1.0], [0.5, 0.5], Outcome.ACCEPT),  # zero variance, clear difference
-        ([1.0, 0.6, 1.4], [0.9, 0.5, 1.3], Outcome.UNDECIDED),  # faster but not significant
-        ([1.0, 1.0], [], Outcome.REJECT),
-    ],
-)
-def test_compare_samples(inc, cand, outcome):
-    assert compare_samples(inc, cand, p_value=0.05, min_gain=0.01).outcome is outcome
 
 
 def test_coordinate_rejects_unknown_kind():

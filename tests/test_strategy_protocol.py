@@ -406,12 +406,12 @@ def test_misuse_says_what_to_call_first(host_target):
 
 
 def test_internal_error_ends_the_task_without_raising(host_target, droplet_log, monkeypatch):
-    import ms_droplet.strategy as strategy_module
+    import ms_droplet._driver as driver_module  # the descent phase builds the TraceSpace
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug in the descent")
 
-    monkeypatch.setattr(strategy_module, "TraceSpace", broken)
+    monkeypatch.setattr(driver_module, "TraceSpace", broken)
     batches, _ = drive(DropletSearch(exploration_trials=4), host_target, 16, 4)
     assert sum(len(b) for b in batches) == 4  # exploration only, then the task ends cleanly
     text = droplet_log.text()

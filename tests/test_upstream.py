@@ -37,9 +37,13 @@ def test_patch_has_the_expected_paths(gen, patch_text):
     edited = set(re.findall(r"^--- a/(\S+)", patch_text, re.M))
     assert new == {
         f"{ss}/droplet.py",
+        f"{ss}/_droplet_acceptance.py",
         f"{ss}/_droplet_descent.py",
+        f"{ss}/_droplet_driver.py",
         f"{ss}/_droplet_neighbors.py",
+        f"{ss}/_droplet_options.py",
         f"{ss}/_droplet_samples.py",
+        f"{ss}/_droplet_state.py",
         f"{ss}/_droplet_trace.py",
         "tests/python/s_tir/meta_schedule/test_meta_schedule_droplet_search.py",
     }
@@ -60,6 +64,10 @@ def test_generated_modules_follow_the_package(gen):
     assert "from .search_strategy import MeasureCandidate, PySearchStrategy" in droplet
     for gone in ("acquire_work_dir", "release_work_dir", "stop_requested", "import os\n"):
         assert gone not in droplet
+    # The lock and stop requests live in ms_droplet/_hooks.py, which is not copied: the
+    # upstream strategy uses the no-op default hooks.
+    assert "_hooks" not in droplet and "HOOKS = RunHooks()\n" in droplet
+    assert not any("hooks" in name for name in modules)
     for name, src in modules.items():
         compile(src, name, "exec")
 
@@ -122,5 +130,5 @@ def test_check_applies_tests_and_lints(tmp_path):
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert result.stdout.count("ms_droplet not imported") == 2
-    assert "clean on 8 files" in result.stdout  # droplet.patch
+    assert "clean on 12 files" in result.stdout  # droplet.patch
     assert "clean on 2 files" in result.stdout  # meta-schedule-logging-handlers.patch

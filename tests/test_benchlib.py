@@ -1,0 +1,308 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""The pure parts of ``scripts/benchlib``, the benchmark scripts' library: no tuning here.
+
+``benchlib`` lives beside the scripts (they run as ``python scripts/x.py``); it is loaded here
+from its folder, without a ``sys.path`` edit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+SCRIPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts")
+
+
+def _load(name):
+    if "benchlib" not in sys.modules:
+        folder = os.path.join(SCRIPTS, "benchlib")
+        spec = importlib.util.spec_from_file_location(
+            "benchlib", os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
+        )
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["benchlib"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"benchlib.{name}")
+
+
+env = _load("env")
+results = _load("results")
+records = _load("records")
+runs = _load("runs")
+cli = _load("cli")
+
+TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
+
+
+# -- the environment record ------------------------------------------------------------------
+
+
+def test_environment_record_has_every_field():
+    import tvm
+    import tvm_ffi
+
+    record = env.environment(TARGET, argv=["scripts/bench_x.py", "--smoke", "--out", "a b"])
+    assert record["schema"] == env.SCHEMA_VERSION == 1
+    assert set(record) == {
+        "schema",
+        "commit",
+        "date",
+        "command",
+        "cwd",
+        "target",
+        "cpu",
+        "gpu",
+        "tvm",
+        "tvm_ffi",
+        "python",
+    }
+    # The command line, exactly, shell-quoted after the interpreter.
+    assert record["command"] == f"{sys.executable} scripts/bench_x.py --smoke --out 'a b'"
+    date = datetime.datetime.fromisoformat(record["date"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert abs((datetime.datetime.now(datetime.timezone.utc) - date).total_seconds()) < 60
+    assert record["target"] == TARGET
+    assert record["cpu"]["model"] and record["cpu"]["logical_cores"] >= 1
+    assert record["cpu"]["physical_cores"] >= 1
+    assert record["gpu"] is None  # not asked for
+    assert record["tvm"] == tvm.__version__
+    assert record["tvm_ffi"] == tvm_ffi.__version__
+    assert record["python"] == platform.python_version()
+    json.dumps(record)  # all of it is JSON
+
+
+def test_environment_records_the_commit_of_this_checkout():
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=SCRIPTS, capture_output=True, text=True, check=False
+    )
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    commit = env.environment()["commit"]
+    assert commit["sha"] == head.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{40}", commit["sha"])
+    assert isinstance(commit["dirty"], bool)
+
+
+def test_commit_dirty_flag_follows_tracked_changes(tmp_path):
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+        )
+
+    assert env.commit(cwd=str(tmp_path)) is None  # not a checkout
+    git("init", "-q")
+    (tmp_path / "a.txt").write_text("1\n")
+    git("add", "a.txt")
+    git("commit", "-q", "-m", "one")
+    clean = env.commit(cwd=str(tmp_path))
+    assert clean["dirty"] is False and len(clean["sha"]) == 40
+    (tmp_path / "untracked.txt").write_text("x\n")
+    assert env.commit(cwd=str(tmp_path))["dirty"] is False  # untracked files do not count
+    (tmp_path / "a.txt").write_text("2\n")
+    assert env.commit(cwd=str(tmp_path)) == {"sha": clean["sha"], "dirty": True}
+
+
+def test_target_json_of_a_tvm_target():
+    from ms_droplet.target import host_target
+
+    target = host_target(num_cores=3)
+    data = env.target_json(target)
+    assert data["kind"] == "llvm" and data["num-cores"] == 3
+    assert env.target_json(None) is None
+
+
+def test_describe_reads_the_record_and_older_setups():
+    record = env.environment(TARGET, argv=["x"])
+    flat = env.describe({"environment": record, "setup": {"budget_T": 64}})
+    assert flat["date"] == record["date"] and flat["tvm"] == record["tvm"]
+    assert flat["cpu"] == record["cpu"]["model"]
+    assert json.loads(flat["target"]) == TARGET
+    # A result set written before the record: its setup held the machine.
+    legacy = {
+        "date": "2025-01-01T00:00:00+00:00",
+        "tvm": "0.27.0",
+        "tvm_ffi": "0.1.14",
+        "cpu": "Some CPU",
+        "cores": {"physical": 2, "logical": 4},
+        "target": '{"kind":"llvm"}',
+    }
+    flat = env.describe({"setup": legacy})
+    assert (flat["date"], flat["cpu"], flat["physical_cores"]) == (legacy["date"], "Some CPU", 2)
+    # Re-measured later: the tuning's record is kept in the setup and wins.
+    tuned = dict(record, date="2020-02-02T00:00:00+00:00")
+    flat = env.describe({"environment": record, "setup": {"tuned_in": tuned}})
+    assert flat["date"] == "2020-02-02T00:00:00+00:00"
+
+
+# -- records in measurement order --------------------------------------------------------------
+
+ARGS = [["TENSOR", "float32", [4, 4]], ["TENSOR", "float32", [4, 4]]]
+
+
+def _write_database(work_dir, run_secs):
+    """A database of the tiny workload whose records have empty traces and these times."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    a = te.placeholder((4, 4), name="A")
+    b = te.compute((4, 4), lambda i, j: a[i, j] * 2, name="B")
+    mod = tvm.IRModule({"main": te.create_prim_func([a, b])})
+    os.makedirs(work_dir, exist_ok=True)
+    with open(os.path.join(work_dir, "database_workload.json"), "w", encoding="utf-8") as f:
+        f.write(json.dumps(ms.database.Workload(mod).as_json()) + "\n")
+    with open(os.path.join(work_dir, "database_tuning_record.json"), "w", encoding="utf-8") as f:
+        for secs in run_secs:
+            f.write(json.dumps([0, [[[], []], secs, {"kind": "llvm"}, ARGS]]) + "\n")
+            f.write("\n")  # blank lines are skipped
+    return mod
+
+
+def test_records_in_order_keeps_the_file_order(tmp_path):
+    times = [[3e-5, 3e-5], [1e10], [1e-5, 2e-5], None, [2e-5]]
+    mod = _write_database(str(tmp_path), times)
+    got = records.records_in_order(str(tmp_path), mod)
+    assert [secs for _, secs in got] == pytest.approx(
+        [3e-5, math.inf, 1.5e-5, math.inf, 2e-5]
+    )  # not JSONDatabase's order (by time); failed records are inf
+    assert [list(map(float, r.run_secs or [])) for r, _ in got] == [t or [] for t in times]
+    first = records.records_in_order(str(tmp_path), mod, first=2)
+    assert [secs for _, secs in first] == [pytest.approx(3e-5), math.inf]
+
+
+def test_best_of_records_is_the_fastest_valid_one(tmp_path):
+    mod = _write_database(str(tmp_path / "all"), [[3e-5], [1e10], [1e-5]])
+    assert records.best_of_records(str(tmp_path / "all"), mod) is not None
+    mod = _write_database(str(tmp_path / "failed"), [[1e10], None])
+    assert records.best_of_records(str(tmp_path / "failed"), mod) is None
+
+
+def test_read_record_lines_and_the_valid_time_rule(tmp_path):
+    _write_database(str(tmp_path), [[1e-5], [2e-5], [3e-5]])
+    lines = records.read_record_lines(str(tmp_path), first=2)
+    assert [line[1][1] for line in lines] == [[1e-5], [2e-5]]
+    assert records.record_mean_secs([1e-5, 3e-5]) == pytest.approx(2e-5)
+    for failed in ([1e10], [], None, [0.0], [float("nan")]):
+        assert records.record_mean_secs(failed) == math.inf
+
+
+# -- result files ----------------------------------------------------------------------------
+
+
+def test_write_json_puts_the_environment_first(tmp_path):
+    record = env.environment(TARGET, argv=["x"])
+    path = tmp_path / "deep" / "r.json"
+    doc = {"environment": {"stale": True}, "setup": {"a": 1}, "results": [{"x": math.inf}]}
+    written = results.write_json(str(path), doc, record)
+    data = json.loads(path.read_text())
+    assert list(data) == ["environment", "setup", "results"]
+    assert data["environment"] == record == written["environment"]
+    assert data["results"] == [{"x": math.inf}]
+    assert doc["environment"] == {"stale": True}  # the caller's dict is left alone
+
+
+def test_write_json_needs_an_environment_record(tmp_path):
+    for bad in (None, {}, {"date": "today"}):
+        with pytest.raises(ValueError, match="environment record"):
+            results.write_json(str(tmp_path / "r.json"), {"results": []}, bad)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_write_json_default_serializes_unknown_values(tmp_path):
+    record = env.environment(argv=["x"])
+    path = tmp_path / "r.json"
+    results.write_json(str(path), {"v": {1, 2}.__class__}, record, default=str)
+    assert json.loads(path.read_text())["v"] == str(set)
+
+
+def test_write_text_and_plot_curves(tmp_path):
+    results.write_text(str(tmp_path / "sub" / "r.md"), "# title\n")
+    assert (tmp_path / "sub" / "r.md").read_text() == "# title\n"
+    pytest.importorskip("matplotlib")
+    rows = [
+        {"kernel": "GMM:0", "run": "droplet@T", "seed": 1, "curve": [(4, 1.0, 9.0), (8, 2.0, 7.0)]},
+        {"kernel": "GMM:0", "run": "postopt@T", "seed": 1, "curve": []},
+    ]
+    assert results.plot_curves(rows, str(tmp_path / "r.png"))
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- runs and the command line ----------------------------------------------------------------
+
+
+def test_curve_condenses_candidates_to_batches():
+    point = SimpleNamespace
+    candidates = [
+        point(trial=1, wall_secs=1.0, secs=None, best_secs=None),
+        point(trial=2, wall_secs=1.0, secs=None, best_secs=None),
+        point(trial=3, wall_secs=2.5, secs=4e-6, best_secs=4e-6),
+        point(trial=4, wall_secs=2.5, secs=5e-6, best_secs=4e-6),
+        point(trial=5, wall_secs=3.0, secs=2e-6, best_secs=2e-6),
+    ]
+    curve = runs.Curve(candidates)
+    assert curve.points == [(2, 1.0, math.inf), (4, 2.5, pytest.approx(4.0)), (5, 3.0, 2.0)]
+    assert (curve.trials, curve.failed, curve.best) == (5, 2, 2e-6)
+    empty = runs.Curve()
+    assert (empty.points, empty.trials, empty.failed, empty.best) == ([], 0, 0, math.inf)
+
+
+def test_run_settings_and_evaluator_settings():
+    from ms_droplet.measure import default_evaluator_config
+
+    config = default_evaluator_config()
+    args = argparse.Namespace(
+        trials=8, trials_per_iter=4, seeds="1,2", kernels="GMM:0,C2D:1", rounds=3
+    )
+    settings = runs.run_settings(args)
+    assert settings["evaluator_config"] == {
+        "number": config.number,
+        "repeat": config.repeat,
+        "min_repeat_ms": config.min_repeat_ms,
+        "enable_cpu_cache_flush": config.enable_cpu_cache_flush,
+    }
+    assert (settings["budget_T"], settings["seeds"], settings["kernels"]) == (
+        8,
+        [1, 2],
+        ["GMM:0", "C2D:1"],
+    )
+
+
+def test_parse_with_smoke():
+    def parser():
+        made = argparse.ArgumentParser()
+        made.add_argument("--trials", type=int, default=64)
+        return made
+
+    assert cli.parse_with_smoke(parser(), ["--trials", "5"], "h", trials=8).trials == 5
+    args = cli.parse_with_smoke(parser(), ["--smoke"], "h", trials=8)
+    assert args.smoke and args.trials == 8
