@@ -14,7 +14,7 @@
 # KIND, either express or implied.  See the License for the
 # specific language governing permissions and limitations
 # under the License.
-"""ms_droplet's run hooks: the work_dir lock and the stop request, for ``DropletSearch``.
+"""ms_droplet's run hooks for ``DropletSearch``: work_dir lock, stop request, failure fixes.
 
 The strategy calls :class:`ms_droplet._state.RunHooks` around a run; this module gives it
 :data:`HOOKS`, which locks the work directory of a ``JSONDatabase`` (:mod:`ms_droplet.workdir`)
@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 from ._state import RunHooks
+from .failures import fix
 from .interrupt import stop_requested
 from .workdir import acquire_work_dir, release_work_dir
 
@@ -54,6 +55,10 @@ class WorkDirHooks(RunHooks):
 
     def should_stop(self) -> bool:
         return stop_requested()
+
+    def failure_fix(self, cause: str) -> str:
+        """The fix for a failure cause, naming ms_droplet's remedies (``FastBuilder``, ...)."""
+        return fix(cause)
 
 
 HOOKS = WorkDirHooks()

@@ -140,7 +140,8 @@ class DropletOptions:
         None,
         IntRule(0, allow_none=True),
         "Optional[int]",
-        "Trials given to evolutionary search, counted in the task's budget.",
+        "Trials given to evolutionary search, counted in the task's budget (``None``: half the "
+        "budget, 16 to 300, whole batches; ``0``: descend from the database's best record).",
         example=8,
         details="``None``: see :func:`default_exploration_trials` (half the budget, between 16 "
         "and 300, rounded up to whole batches: 64 of 128 at 16 a batch). ``0`` starts the "
@@ -362,11 +363,14 @@ def parameters_doc(indent: str = "    ") -> str:
 
 
 def options_table() -> str:
-    """The options as a Markdown table: ``name | default | rule | meaning``, one row each."""
+    """The options as a Markdown table: ``name | default | rule | meaning``, one row each.
+
+    The meaning is each option's one-line doc; the reasons and evidence behind a default stay in
+    the docstring of :class:`DropletSearch` and in ``docs/design.md``.
+    """
     rows = ["| name | default | rule | meaning |", "| --- | --- | --- | --- |"]
     for spec in dataclasses.fields(DropletOptions):
-        doc = " ".join(filter(None, (spec.metadata["doc"], spec.metadata.get("details"))))
-        doc = _markdown(doc).replace("|", "\\|")
+        doc = _markdown(spec.metadata["doc"]).replace("|", "\\|")
         rows.append(f"| `{spec.name}` | `{spec.default!r}` | {spec.metadata['rule']} | {doc} |")
     return "\n".join(rows) + "\n"
 

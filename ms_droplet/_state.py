@@ -32,6 +32,102 @@ import numpy as np
 
 Vector = tuple
 
+# The causes of a failed candidate told apart by :func:`classify_failure`.
+BUILDER_TIMEOUT = "builder timeout"
+BUILD_ERROR = "build error"
+RUNNER_TIMEOUT = "runner timeout"
+RUN_ERROR = "run error"
+RPC_FAILURE = "RPC"
+FAILURE_FIXES = {
+    BUILDER_TIMEOUT: "building one candidate took longer than the builder's time limit, as on a "
+    "slow or busy machine: give the builder more time, e.g. LocalBuilder(timeout_sec=120), or "
+    "fewer parallel builds, e.g. LocalBuilder(max_workers=1)",
+    BUILD_ERROR: "the candidates do not compile: check the target (its -mtriple, -mcpu and "
+    "-mattr must suit the compiler) and the kernel; the task log in work_dir/logs has the "
+    "whole error",
+    RUNNER_TIMEOUT: "running one candidate took longer than the runner's time limit: give the "
+    "runner more time, e.g. LocalRunner(timeout_sec=...), or tune a smaller kernel",
+    RUN_ERROR: "the built candidates fail to run: check that the target's -mcpu suits the "
+    "machine that runs them (an instruction it lacks crashes every candidate) and the kernel; "
+    "the task log in work_dir/logs has the whole error",
+    RPC_FAILURE: "the RPC measurement failed: check the tracker and its servers "
+    "(python -m tvm.exec.query_rpc_tracker), that the servers run the target's architecture, "
+    "and the runner's session timeout",
+}
+"""The fix suggested for each cause, for a warning that names it."""
+
+_RPC_MARKERS = ("rpcrunner", "rpcsession", "rpcerror", "rpc server", "tracker")
+
+
+def classify_failure(error_msg: str | None, stage: str | None = None) -> str:
+    """The cause of one failed candidate, from its builder's or runner's error message.
+
+    Parameters
+    ----------
+    error_msg : str or None
+        ``BuilderResult.error_msg`` or ``RunnerResult.error_msg`` (MetaSchedule hands a failed
+        build's message to the strategy as the runner result's); ``None``: the runner gave no
+        error but no valid time either.
+    stage : {"build", "run"} or None
+        Where the message comes from, when the caller knows; ``None``: told from the message's
+        first line (``LocalBuilder: ...``, ``FastBuilder: ...`` name a builder).
+
+    Returns
+    -------
+    str
+        One of :data:`FAILURE_FIXES`' keys: ``"builder timeout"``, ``"build error"``,
+        ``"runner timeout"``, ``"run error"`` or ``"RPC"``.
+    """
+    text = (error_msg or "").strip()
+    first = text.splitlines()[0] if text else ""
+    lower = text.lower()
+    # "Timeout" on the headline only: a traceback further down may mention any timeout.
+    timed_out = "timeout" in first.lower()
+    if stage == "build" or (stage is None and "build" in first.lower()):
+        return BUILDER_TIMEOUT if timed_out else BUILD_ERROR
+    if any(marker in lower for marker in _RPC_MARKERS):
+        return RPC_FAILURE
+    return RUNNER_TIMEOUT if timed_out else RUN_ERROR
+
+
+class FailureWatch:
+    """Failed candidates of one run by cause, and when they deserve a warning.
+
+    A run of failures with one cause as long as the task's first batch (a whole batch, or the
+    task's first candidates) points at the environment rather than at odd schedules: it is
+    reported once per cause (:meth:`observe` returns the cause then).
+    """
+
+    def __init__(self) -> None:
+        self.by_cause: dict[str, int] = {}
+        self.examples: dict[str, str] = {}  # cause -> its first error message
+        self.threshold: int | None = None  # the size of the task's first measured batch
+        self.streak_cause: str | None = None
+        self.streak = 0
+        self.warned: set[str] = set()
+
+    def new_batch(self, size: int) -> None:
+        """A batch of ``size`` candidates was measured; the first one sets the threshold."""
+        if self.threshold is None and size > 0:
+            self.threshold = size
+
+    def succeeded(self) -> None:
+        """A candidate ran: the run of failures ends."""
+        self.streak_cause, self.streak = None, 0
+
+    def observe(self, error_msg: str | None) -> str | None:
+        """Count one failed candidate; return its cause when that now calls for the warning."""
+        cause = classify_failure(error_msg)
+        self.by_cause[cause] = self.by_cause.get(cause, 0) + 1
+        self.examples.setdefault(cause, (error_msg or "no valid run time").strip())
+        if cause != self.streak_cause:
+            self.streak_cause, self.streak = cause, 0
+        self.streak += 1
+        if cause in self.warned or self.streak < (self.threshold or 1):
+            return None
+        self.warned.add(cause)
+        return cause
+
 
 class RunHooks:
     """What a run asks of its environment; this default asks nothing.
@@ -55,6 +151,11 @@ class RunHooks:
     def should_stop(self) -> bool:
         """Checked before every batch: True ends the task with what was measured so far."""
         return False
+
+    def failure_fix(self, cause: str) -> str:
+        """The fix named by the warning about many failures of ``cause`` (see
+        :func:`classify_failure`)."""
+        return FAILURE_FIXES.get(cause, "see the task log in work_dir/logs for the error")
 
 
 @dataclass
@@ -159,6 +260,7 @@ class DropletReport:
     descent_start_secs: float
     restarts: int = 0
     rank_secs: float = 0.0
+    failure_causes: dict = field(default_factory=dict)  # cause -> failed candidates
 
 
 class RunState:
@@ -190,6 +292,7 @@ class RunState:
         self.rank_secs = 0.0  # of search_secs: building and scoring neighbors to rank them
         self.descent_start = math.nan  # mean run time of the first descent's starting schedule
         self.hook_token = None  # what RunHooks.acquire returned, released in post_tuning
+        self.failures = FailureWatch()  # failed candidates by cause, kept across restarts
 
     def stop(self, reason: str | None = None) -> None:
         """End the task: nothing more is generated (``reason`` kept if given)."""
@@ -228,4 +331,5 @@ class RunState:
             descent_start_secs=self.descent_start,
             restarts=c.restarts,
             rank_secs=self.rank_secs,
+            failure_causes=dict(self.failures.by_cause),
         )

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ._samples import mean_run_secs, result_run_secs
+from ._state import classify_failure
 
 STRATEGY_NAMES = ("droplet", "evolutionary", "replay-trace", "replay-func")
 """Strategy names :func:`tune_kernel` accepts (the others are MetaSchedule's)."""
@@ -55,6 +56,9 @@ class CurvePoint:
         first valid one. Records of earlier runs in the same work_dir are not included.
     phase : str or None
         ``"exploration"`` or ``"descent"`` for droplet; ``None`` for other strategies.
+    failure : str or None
+        Why it failed (a cause of :mod:`ms_droplet.failures`, e.g. ``"builder timeout"``);
+        ``None`` when it ran.
     """
 
     trial: int
@@ -62,6 +66,7 @@ class CurvePoint:
     secs: float | None
     best_secs: float | None
     phase: str | None
+    failure: str | None = None
 
 
 @dataclass
@@ -91,6 +96,10 @@ class KernelTuneResult:
         One entry per measured candidate, in measurement order.
     stopped : bool
         Whether a stop request (:func:`ms_droplet.interrupt.request_stop`) ended the run early.
+    failures : dict of str to int
+        Candidates of this run that failed to build or run, by cause (``"builder timeout"``,
+        ``"build error"``, ``"runner timeout"``, ``"run error"``, ``"RPC"``; see
+        :mod:`ms_droplet.failures`); empty when none failed.
     """
 
     target: str
@@ -103,6 +112,21 @@ class KernelTuneResult:
     reports: list = field(default_factory=list)
     curve: list[CurvePoint] = field(default_factory=list)
     stopped: bool = False
+    failures: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def all_failed(self) -> bool:
+        """Whether every candidate of this run failed (and at least one was measured): nothing
+        was tuned, and :attr:`main_failure` says why. ``tune_kernel`` does not raise for it;
+        ``ms-droplet tune`` exits with status 3."""
+        return self.trials > 0 and sum(self.failures.values()) >= self.trials
+
+    @property
+    def main_failure(self) -> str | None:
+        """The cause of most of this run's failures; ``None`` when none failed."""
+        from .failures import main_cause  # pylint: disable=import-outside-toplevel
+
+        return main_cause(self.failures)
 
     @property
     def gflops(self) -> float:
@@ -169,6 +193,7 @@ class TrialMonitor:
         self.trials = 0
         self.best = math.inf
         self.curve: list[CurvePoint] = []
+        self.failures: dict[str, int] = {}  # cause -> failed candidates
         self.start = time.perf_counter()
         self.bar = tqdm(total=total, unit="trial", disable=not progress, file=sys.stderr)
         phase_of = phase_of or (lambda _task_id: None)
@@ -194,11 +219,18 @@ class TrialMonitor:
             # A failed build has no run: MetaSchedule fills in a runner result with an error.
             samples = [] if built.error_msg is not None else result_run_secs(result)
             secs = mean_run_secs(samples) if samples else None
+            failure = None
             if secs is not None:
                 self.best = min(self.best, secs)
+            elif built.error_msg is not None:
+                failure = classify_failure(built.error_msg, "build")
+            else:
+                failure = classify_failure(result.error_msg, "run")
+            if failure is not None:
+                self.failures[failure] = self.failures.get(failure, 0) + 1
             self.trials += 1
             best = self.best if math.isfinite(self.best) else None
-            self.curve.append(CurvePoint(self.trials, wall, secs, best, phase))
+            self.curve.append(CurvePoint(self.trials, wall, secs, best, phase, failure))
         self.bar.update(len(runner_results))
         if math.isfinite(self.best):
             self.bar.set_postfix_str(f"best {self.best * 1e6:.2f} us")
@@ -313,6 +345,10 @@ def tune_kernel(
     Returns
     -------
     KernelTuneResult
+        A run whose every candidate failed to build or run returns normally: its
+        ``all_failed`` is True, ``failures`` counts the causes, and the caller decides (the CLI
+        warns and exits with status 3). DropletSearch also logs one warning per cause and
+        task when a whole batch fails alike.
 
     Raises
     ------
@@ -329,7 +365,7 @@ def tune_kernel(
 
     from .builder import FastBuilder
     from .interrupt import stop_requested
-    from .measure import default_runner
+    from .measure import default_runner, respect_cpu_affinity
     from .strategy import DropletSearch
     from .target import as_target
     from .workdir import check_work_dir, lock_work_dir
@@ -342,6 +378,7 @@ def tune_kernel(
             "e.g. builder='fast'"
         )
     strategy, strategy_name = _make_strategy(strategy, exploration_trials, max_trials)
+    respect_cpu_affinity()  # before any runner worker or thread pool starts
     target = as_target(target)
     os.makedirs(work_dir, exist_ok=True)
     check_work_dir(work_dir)
@@ -406,4 +443,5 @@ def tune_kernel(
         reports=list(getattr(strategy, "reports", [])),
         curve=monitor.curve,
         stopped=stopped,
+        failures=dict(monitor.failures),
     )

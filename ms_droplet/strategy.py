@@ -320,15 +320,21 @@ class DropletSearch(PySearchStrategy):
                 state.inner.notify_runner_results(measure_candidates, results)
             batch, state.batch = state.batch, Batch()
             run = state.descent
+            state.failures.new_batch(len(results))
             for i, (candidate, result) in enumerate(zip(measure_candidates, results)):
                 samples = result_run_secs(result)
                 shash = batch.hashes[i] if i < len(batch.hashes) else None
                 if shash is None:
                     shash = _hash_of(candidate.sch)
                 state.pool.add(shash, samples, candidate.sch.trace)
-                if not samples:
+                if samples:
+                    state.failures.succeeded()
+                else:
                     state.counts.failures += 1
                     self._logger.debug("droplet: candidate failed: %s", _brief(result.error_msg))
+                    cause = state.failures.observe(result.error_msg)
+                    if cause is not None:
+                        self._warn_failures(state, cause)
                 if run.core is not None and i < len(batch.vectors):
                     for vector in batch.vectors[i]:
                         if run.start_known is not None and vector == run.start_known[0]:
@@ -367,6 +373,21 @@ class DropletSearch(PySearchStrategy):
         if state is None or state.phase == "done":
             return None
         return state.phase
+
+    def _warn_failures(self, state: RunState, cause: str) -> None:
+        """One warning per cause and task: failures in a row that point at the environment."""
+        watch = state.failures
+        self._logger.warning(
+            "droplet: %d candidates in a row failed with the same cause, %s (%d of %d measured "
+            "so far; first error: %s). Fix: %s. (Warned once per cause and task; the summary "
+            "counts every failure.)",
+            watch.streak,
+            cause,
+            watch.by_cause[cause],
+            state.trials,
+            _brief(watch.examples[cause]),
+            HOOKS.failure_fix(cause),
+        )
 
     # ------------------------------------------------------------------ phases
     def _explore(self, state: RunState, remaining: int) -> list[MeasureCandidate] | None:

@@ -44,6 +44,11 @@ A second, independent patch fixes a TVM bug that ms_droplet mends at run time
 ``create_loggers`` keep handlers it did not create instead of crashing on them, with its test
 ``tests/python/s_tir/meta_schedule/test_meta_schedule_logging.py``.
 
+A third, independent patch, ``local-builder-lazy-tensor-intrin.patch``, makes ``LocalBuilder``'s
+default build import ``tvm.s_tir.tensor_intrin`` only for builds that need it (CUDA tensor-core
+ones, or a build that failed on a missing registration), as ``ms_droplet.FastBuilder`` does; its
+test is ``tests/python/s_tir/meta_schedule/test_meta_schedule_builder_tensor_intrin.py``.
+
 Usage::
 
     python scripts/make_upstream_patch.py                 # writes build/upstream/*.patch
@@ -52,9 +57,10 @@ Usage::
 
 ``--check`` lays the patched files over a copy of the installed ``tvm`` package (Python files
 copied, everything else symlinked), runs the added test with that ``tvm`` first on
-``PYTHONPATH`` (``TVM_DEVICE_BACKEND_AUTOLOAD=0``, and the run fails if ``ms_droplet`` was
-imported), and lints the new and edited files with ruff under TVM's settings (TVM's
-``pyproject.toml`` ``[tool.ruff]``: E, F, I, UP, RUF; line length 100; py310).
+``PYTHONPATH`` (``TVM_DEVICE_BACKEND_AUTOLOAD=0``, TVM's built-in backends loaded by a
+``sitecustomize`` in every process, and the run fails if ``ms_droplet`` was imported), and
+lints the new and edited files with ruff under TVM's settings (TVM's ``pyproject.toml``
+``[tool.ruff]``: E, F, I, UP, RUF; line length 100; py310).
 """
 
 from __future__ import annotations
@@ -82,6 +88,9 @@ SS_MODULE = "tvm.s_tir.meta_schedule.search_strategy"
 LOGGING_FILE = "python/tvm/s_tir/meta_schedule/logging.py"
 LOGGING_TEST_NAME = "test_meta_schedule_logging.py"
 LOGGING_PATCH = "meta-schedule-logging-handlers.patch"
+BUILDER_FILE = "python/tvm/s_tir/meta_schedule/builder/local_builder.py"
+BUILDER_TEST_NAME = "test_meta_schedule_builder_tensor_intrin.py"
+BUILDER_PATCH = "local-builder-lazy-tensor-intrin.patch"
 
 # ms_droplet module -> file in TVM's search_strategy package
 MODULES = {
@@ -113,7 +122,9 @@ TVM_RUFF_CHECK = [
     "--line-length=100",
     "--target-version=py310",
     "--select=E,F,I,UP,RUF",
-    "--ignore=UP028,UP030,UP031,RUF043,RUF059",
+    # TVM's ignore list, plus RUF036 (`None` not last in a union): preview only in ruff v0.12.3,
+    # reported by newer ruff on TVM's own signatures in builder/local_builder.py.
+    "--ignore=UP028,UP030,UP031,RUF043,RUF059,RUF036",
     "--config=lint.isort.known-first-party=['tvm']",
     "--config=lint.per-file-ignores={'__init__.py'=['E402','F401','F403','F405']}",
 ]
@@ -354,10 +365,109 @@ def make_logging_patch(tvm_dir: Path | None = None) -> str:
     return _diff(LOGGING_FILE, base, fixed) + _diff(f"{TEST_DIR}/{LOGGING_TEST_NAME}", None, test)
 
 
+def builder_edit(tvm_dir: Path) -> tuple[str, str]:
+    """(original, fixed) ``builder/local_builder.py``: tensor intrinsics imported on demand.
+
+    ``default_build`` imports ``tvm.s_tir.tensor_intrin`` in every ``LocalBuilder`` worker, and
+    ``LocalBuilder`` starts new workers for every batch: 12-17 s per import on 2 cores, up to
+    45 s on a slow one, inside the first candidate's 30 s build timeout. Only two of the
+    module's registrations are looked up at build time, both by CUDA tensor-core (``mma``)
+    lowering; ms_droplet's ``FastBuilder`` relies on the same facts (``docs/builder.md``).
+    """
+    what = "builder/local_builder.py"
+    base = (tvm_dir / "s_tir" / "meta_schedule" / "builder" / "local_builder.py").read_text()
+    fixed = _replace(
+        base, "import os\nimport tempfile\n", "import os\nimport sys\nimport tempfile\n", what
+    )
+    fixed = _replace(
+        fixed,
+        "from tvm.ir import IRModule\n",
+        "from tvm.ir import IRModule, save_json\n",
+        what,
+    )
+    fixed = _replace(
+        fixed,
+        '@register_global_func("s_tir.meta_schedule.builder.default_build")\n',
+        '_TENSOR_INTRIN_MODULE = "tvm.s_tir.tensor_intrin"\n'
+        "# Building looks up only two functions that importing _TENSOR_INTRIN_MODULE\n"
+        "# registers, both for CUDA tensor cores: the index maps of the code generator of\n"
+        "# `mma_store` and of the warp memory lowering of the `m16n8k8.matrixC` scope.\n"
+        "# Tensorization itself happens at schedule time, in the tuning process.\n"
+        '_TENSOR_INTRIN_CONSUMERS = ("tirx.mma_store", "m16n8k8.matrix")\n'
+        "# What a failed lookup of such a function reports (`ICHECK(func.has_value())`).\n"
+        '_MISSING_REGISTRATION = "has_value()"\n'
+        "\n"
+        "\n"
+        "def _needs_tensor_intrin(mod: IRModule, target: Target) -> bool:\n"
+        '    """Whether building ``mod`` for ``target`` needs ``tvm.s_tir.tensor_intrin``."""\n'
+        '    if target.kind.name != "cuda":\n'
+        "        return False\n"
+        "    text = save_json(mod)\n"
+        "    return any(consumer in text for consumer in _TENSOR_INTRIN_CONSUMERS)\n"
+        "\n"
+        "\n"
+        "def _import_tensor_intrin() -> None:\n"
+        "    # pylint: disable=import-outside-toplevel\n"
+        "    import tvm.s_tir.tensor_intrin  # pylint: disable=unused-import\n"
+        "\n"
+        "\n"
+        '@register_global_func("s_tir.meta_schedule.builder.default_build")\n',
+        what,
+    )
+    fixed = _replace(
+        fixed,
+        "    The built Module.\n"
+        '    """\n'
+        "    # pylint: disable=import-outside-toplevel\n"
+        "    import tvm.s_tir.tensor_intrin  # pylint: disable=unused-import\n"
+        "    from tvm.driver import build as tvm_build\n",
+        "    The built Module.\n"
+        "\n"
+        "    Notes\n"
+        "    -----\n"
+        "    ``tvm.s_tir.tensor_intrin`` is imported only when the build needs it: when ``mod``\n"
+        "    uses CUDA tensor-core intrinsics whose lowering looks up its registrations, or when\n"
+        "    the build fails on a missing registration (then the build is tried once more).\n"
+        "    Importing it takes seconds to tens of seconds, counted in the build's timeout, and\n"
+        "    LocalBuilder starts new workers for every batch.\n"
+        '    """\n'
+        "    # pylint: disable=import-outside-toplevel\n"
+        "    from tvm.driver import build as tvm_build\n",
+        what,
+    )
+    fixed = _replace(
+        fixed,
+        "    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)\n"
+        "    return tvm_build(mod, target=target)\n",
+        "    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)\n"
+        "    if _TENSOR_INTRIN_MODULE not in sys.modules and _needs_tensor_intrin(mod, target):\n"
+        "        _import_tensor_intrin()\n"
+        "    try:\n"
+        "        return tvm_build(mod, target=target)\n"
+        "    except Exception as error:  # pylint: disable=broad-except\n"
+        "        if _TENSOR_INTRIN_MODULE in sys.modules or "
+        "_MISSING_REGISTRATION not in str(error):\n"
+        "            raise\n"
+        "    # A consumer of the registrations that _needs_tensor_intrin does not know yet.\n"
+        "    _import_tensor_intrin()\n"
+        "    return tvm_build(mod, target=target)\n",
+        what,
+    )
+    return base, fixed
+
+
+def make_builder_patch(tvm_dir: Path | None = None) -> str:
+    """The patch making LocalBuilder import tensor intrinsics only for builds that need them."""
+    base, fixed = builder_edit(tvm_dir or _installed_tvm())
+    test = _common((TEMPLATES / BUILDER_TEST_NAME).read_text(), BUILDER_TEST_NAME)
+    return _diff(BUILDER_FILE, base, fixed) + _diff(f"{TEST_DIR}/{BUILDER_TEST_NAME}", None, test)
+
+
 # patch file name -> (generator, the TVM test it adds)
 PATCHES = {
     "droplet.patch": (make_patch, TEST_NAME),
     LOGGING_PATCH: (make_logging_patch, LOGGING_TEST_NAME),
+    BUILDER_PATCH: (make_builder_patch, BUILDER_TEST_NAME),
 }
 
 
@@ -384,13 +494,19 @@ def apply_patch(patch: Path, tree: Path) -> None:
 
 # TVM_DEVICE_BACKEND_AUTOLOAD=0 keeps ms_droplet's `tvm.backends` entry point from running (it
 # would wrap SearchStrategy.create), but it also skips TVM's built-in backends (the CUDA script
-# namespaces that tensor intrinsics need): load those, and only those, by hand.
-_RUNNER = """
-import sys
+# namespaces that tensor intrinsics need): load those, and only those, by hand. A
+# sitecustomize on PYTHONPATH does it in every Python process of the check, the test's own and
+# the worker processes it starts (LocalBuilder's workers import the tensor intrinsics).
+_SITECUSTOMIZE = """
 import tvm
 from tvm.backend._autoload_backends import _load_builtin_backends
 if not tvm._RUNTIME_ONLY:
     _load_builtin_backends()
+"""
+
+_RUNNER = """
+import sys
+import tvm
 import pytest
 code = pytest.main(sys.argv[1:])
 assert tvm.__file__.startswith({tree!r}), f"wrong tvm: {{tvm.__file__}}"
@@ -412,9 +528,12 @@ def check(patch_text: str, keep: bool = False, test_name: str = TEST_NAME) -> in
         patch.write_text(patch_text)
         apply_patch(patch, tree)
         print(f"check: {test_name}: patch applies to a copy of {tvm_dir} ({tree})")
+        site = tmp / "site"
+        site.mkdir()
+        (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
         env = {
             **os.environ,
-            "PYTHONPATH": str(tree / "python"),
+            "PYTHONPATH": os.pathsep.join([str(tree / "python"), str(site)]),
             "TVM_DEVICE_BACKEND_AUTOLOAD": "0",
         }
         test = tree / TEST_DIR / test_name

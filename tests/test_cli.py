@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -202,3 +203,35 @@ def test_cli_tune_model_writes_json(tmp_path, capsys):
     assert len(result["no_valid_trial"]) == 4
     assert {"name", "weight", "valid", "best_secs", "applied"} <= result["tasks"][0].keys()
     assert result["database"] == str(tmp_path / "w" / "database_tuning_record.json")
+
+
+@pytest.mark.tuning
+def test_cli_run_whose_every_build_fails_warns_and_exits_3(tmp_path, capsys, caplog, monkeypatch):
+    # The run, for real and fast: every build times out (a 1 ms limit instead of a slow
+    # machine's 30 s). The run ends normally with no valid record; the CLI must say why.
+    from ms_droplet import builder as builder_module
+    from ms_droplet.failures import EXIT_ALL_FAILED
+
+    real = builder_module.FastBuilder
+    monkeypatch.setattr(
+        builder_module, "FastBuilder", lambda: real(max_workers=1, timeout_sec=0.001)
+    )
+    path = tmp_path / "r.json"
+    argv = ["tune", "--workload", "GMM:0", "--trials", "4", "--num-trials-per-iter", "4"]
+    argv += ["--no-progress", "--work-dir", str(tmp_path / "w"), "--json", str(path)]
+    meta_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    level = meta_logger.level
+    try:
+        assert main(argv) == EXIT_ALL_FAILED == 3
+    finally:
+        meta_logger.setLevel(level)  # main() quiets MetaSchedule's logger; leave it as it was
+    captured = capsys.readouterr()
+    assert re.search(r"\nfailed +\| 4 of 4: builder timeout 4\n", captured.out)  # the table
+    # The warning goes to the root logger's handler: stderr, or pytest's capture of it.
+    warning = captured.err + caplog.text
+    assert "every one of the 4 candidates of this run failed (builder timeout 4)" in warning
+    assert "main cause is builder timeout" in warning and "FastBuilder(timeout_sec=" in warning
+    result = json.loads(path.read_text())
+    assert result["failures"] == {"builder timeout": 4} and result["trials"] == 4
+    assert [p["failure"] for p in result["curve"]] == ["builder timeout"] * 4
+    assert result["best_secs"] is None

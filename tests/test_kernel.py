@@ -52,6 +52,41 @@ def test_monitor_counts_failures_and_keeps_the_best():
     assert monitor.trials == 4
 
 
+def test_monitor_counts_failures_by_cause():
+    class Result:
+        def __init__(self, run_secs, error_msg=None):
+            self.run_secs, self.error_msg = run_secs, error_msg
+
+    monitor = TrialMonitor(4)
+    timeout = Result(None, "LocalBuilder: Timeout, killed after 30.0 seconds")
+    built = Result(None)
+    runner_failed = Result(None, "LocalRunner: An exception occurred\nIllegal instruction")
+    build_failed = Result(None, "LocalBuilder: Timeout, killed after 30.0 seconds")
+    monitor.add(
+        [timeout, built, built, timeout],
+        [build_failed, runner_failed, Result([1e-3]), build_failed],
+        "exploration",
+    )
+    monitor.close()
+    assert monitor.failures == {"builder timeout": 2, "run error": 1}
+    assert [p.failure for p in monitor.curve] == [
+        "builder timeout",
+        "run error",
+        None,
+        "builder timeout",
+    ]
+
+
+def test_all_failed_and_main_failure():
+    result = KernelTuneResult("llvm", "droplet", math.nan, 1e6, 4, 0.0, "w")
+    assert not result.all_failed and result.main_failure is None
+    result.failures = {"builder timeout": 3, "run error": 1}
+    assert result.all_failed and result.main_failure == "builder timeout"
+    result.failures = {"builder timeout": 3}
+    assert not result.all_failed
+    assert not KernelTuneResult("llvm", "droplet", math.nan, 1e6, 0, 0.0, "w").all_failed
+
+
 def test_result_without_a_record():
     result = KernelTuneResult("llvm", "evolutionary", math.nan, 1e6, 0, 0.0, "w")
     assert math.isnan(result.gflops) and result.trials_per_phase is None

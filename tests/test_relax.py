@@ -215,12 +215,13 @@ def test_tune_model_names_tasks_without_valid_trials(tmp_path, host_target, capl
     np.testing.assert_allclose(out, _numpy_mlp(arguments), rtol=RTOL, atol=ATOL)
 
 
-def test_tune_model_argument_errors(host_target):
+def test_tune_model_argument_errors(host_target, tmp_path):
     model = _tiny_mlp()
+    work_dir = str(tmp_path / "unused")  # tune_model locks it (creating it) before checking
     with pytest.raises(ValueError, match="max_trials_global must be >= 1, got 0"):
-        droplet_relax.tune_model(model.mod, host_target, "unused", 0)
+        droplet_relax.tune_model(model.mod, host_target, work_dir, 0)
     with pytest.raises(ValueError, match=r"op_names=\['no_such_op'\] matched none"):
-        droplet_relax.tune_model(model.mod, host_target, "unused", 4, op_names=["no_such_op"])
+        droplet_relax.tune_model(model.mod, host_target, work_dir, 4, op_names=["no_such_op"])
     with pytest.raises(ValueError, match=r"no Relax function 'main'.*\['forward'\]"):
         droplet_relax.canonicalize_model(
             model.mod, host_target, params={"x": np.zeros((2, 32), "float32")}, entry="main"
@@ -440,18 +441,24 @@ def test_tune_model_cli_prints_tasks_and_latencies(
             "--no-progress",
             "--work-dir",
             str(tmp_path / "cli"),
+            "--json",
+            str(tmp_path / "result.json"),
         ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "task" in out and "weight" in out and "trials" in out and "valid" in out
-    assert "fused_matmul_add_relu" in out and "transpose" in out
-    assert "no valid trial    | 4 task(s): " in out
-    assert "untuned latency   | " in out and "(median of 3 interleaved rounds)" in out
-    assert "tuned latency     | " in out and " ms" in out
-    assert "speed-up          | " in out and "x\n" in out
-    assert "output vs untuned | match" in out
-    assert str(tmp_path / "cli" / "database_tuning_record.json") in out
+    result = json.loads((tmp_path / "result.json").read_text())
+    tasks = {task["name"]: task for task in result["tasks"]}
+    assert "fused_matmul_add_relu" in tasks and any("transpose" in name for name in tasks)
+    assert sorted(task["trials"] for task in result["tasks"]) == [0, 0, 0, 0, 1, 1]
+    assert len(result["no_valid_trial"]) == 4
+    assert result["latency_rounds"] == 3
+    assert result["untuned_secs"] > 0 and result["best_secs"] > 0
+    assert result["speedup"] == pytest.approx(result["untuned_secs"] / result["best_secs"])
+    assert result["output_match"] is True
+    assert result["database"] == str(tmp_path / "cli" / "database_tuning_record.json")
+    # The human table still says the same (its layout is the CLI's; its numbers are the JSON's).
+    assert "no valid trial    | 4 task(s): " in out and "output vs untuned | match" in out
 
 
 # ------------------------------------------------------------------------------------ slow

@@ -440,9 +440,10 @@ def test_cli_tunes_through_the_tracker(cluster, tmp_path, capsys):
     argv += ["--exploration-trials", "4", "--work-dir", work_dir, "--no-progress"]
     argv += ["--rpc-tracker", f"{cluster.host}:{cluster.port}", "--rpc-key", cluster.key]
     before = sum(_sessions(server)[0] for server in cluster.servers)
+    argv += ["--json", str(tmp_path / "result.json")]
     assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "trials       | 8" in out
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["trials"] == 8 and result["trials_per_phase"]["exploration"] == 4
     records = _records(work_dir)
     assert len(records) == 8
     assert all(max(r[1][1]) < 1e9 for r in records)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import pytest
@@ -49,10 +50,13 @@ def drive(
     cost_model=None,
     mod=MOD,
     noise=0.0,
+    failure_msg="fake build failure",
 ):
     """Run one task by hand like the task scheduler does; commit records like AddToDatabase.
 
     ``noise``: each run time is the synthetic cost times ``1 + noise * N(0, 1)`` (seeded).
+    ``failure_msg``: the error of a candidate ``failing`` picks, or a function of its index
+    (MetaSchedule hands a failed build's error to the strategy as the runner result's).
     """
     noise_rng = np.random.default_rng(seed)
     context = make_context(strategy, target, seed, mod)
@@ -75,7 +79,8 @@ def drive(
         results = []
         for candidate in candidates:
             if failing(count):
-                results.append(RunnerResult(run_secs=None, error_msg="fake build failure"))
+                message = failure_msg(count) if callable(failure_msg) else failure_msg
+                results.append(RunnerResult(run_secs=None, error_msg=message))
             else:
                 cost = synthetic_cost(candidate.sch)
                 secs = [cost * (1 + noise * noise_rng.standard_normal()) for _ in range(samples)]
@@ -219,6 +224,68 @@ def test_failures_are_counted_and_never_raise(host_target, droplet_log, again):
     text = droplet_log.text()
     failed = sum(1 for i in range(24) if i % 3 == 1)
     assert f"{failed} failed measurements" in text
+    assert "in a row" not in text  # scattered failures are odd schedules: no warning
+
+
+class _LevelCollector(logging.Handler):
+    """(level name, message) of every record."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.records: list[tuple[str, str]] = []
+
+    def emit(self, record):
+        self.records.append((record.levelname, record.getMessage()))
+
+
+def _warnings_while(run) -> list[str]:
+    """The WARNING messages the strategy logs while ``run()`` runs."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    collector = _LevelCollector()
+    logger.addHandler(collector)
+    try:
+        run()
+    finally:
+        logger.removeHandler(collector)
+    return [m for level, m in collector.records if level == "WARNING"]
+
+
+def test_a_failing_environment_gets_one_warning_with_cause_count_and_fix(host_target, droplet_log):
+    # The issue's run: every build times out; exploration 8 of 24, batches of 4.
+    timeout = "LocalBuilder: Timeout, killed after 30.0 seconds"
+    strategy = DropletSearch(exploration_trials=8)
+    warnings = _warnings_while(
+        lambda: drive(strategy, host_target, 24, 4, failing=lambda i: True, failure_msg=timeout)
+    )
+    (warning,) = [w for w in warnings if "in a row" in w]  # once, not once a batch
+    assert "4 candidates in a row failed with the same cause, builder timeout" in warning
+    assert "4 of 4 measured so far" in warning and timeout in warning
+    assert "LocalBuilder(timeout_sec=" in warning  # the fix
+    (report,) = strategy.reports
+    assert report.failure_causes == {"builder timeout": report.failures}
+    assert report.failures == report.trials >= 8
+    # The INFO lines stay as they were.
+    assert "the starting schedule failed to build or run" in droplet_log.text()
+
+
+def test_each_cause_is_warned_once(host_target):
+    # A first batch of build errors, then a batch of run errors, then no failure.
+    def message(i):
+        return "LocalBuilder: An exception occurred\nx" if i < 4 else "LocalRunner: Timeout, x"
+
+    warnings = _warnings_while(
+        lambda: drive(
+            DropletSearch(exploration_trials=12),
+            host_target,
+            16,
+            4,
+            failing=lambda i: i < 8,
+            failure_msg=message,
+        )
+    )
+    warned = [w for w in warnings if "in a row" in w]
+    assert len(warned) == 2
+    assert "same cause, build error" in warned[0] and "same cause, runner timeout" in warned[1]
 
 
 def test_descent_starts_from_database_best_and_skips_known(host_target, droplet_log):

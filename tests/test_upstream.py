@@ -94,6 +94,11 @@ def test_writes_the_patch_file(tmp_path):
         .read_text()
         .startswith("diff --git a/python/tvm/s_tir/meta_schedule/logging.py")
     )
+    assert (
+        (tmp_path / "local-builder-lazy-tensor-intrin.patch")
+        .read_text()
+        .startswith("diff --git a/python/tvm/s_tir/meta_schedule/builder/local_builder.py")
+    )
 
 
 def test_logging_patch_applies_and_fixes_create_loggers(gen, tmp_path):
@@ -113,6 +118,32 @@ def test_logging_patch_applies_and_fixes_create_loggers(gen, tmp_path):
     assert "global_logger.addHandler(handler)" in fixed
 
 
+def test_builder_patch_imports_tensor_intrin_only_when_needed(gen, tmp_path):
+    """Its own patch: default_build imports the tensor intrinsics on demand; a new TVM test."""
+    text = gen.make_builder_patch()
+    assert set(re.findall(r"^\+\+\+ b/(\S+)", text, re.M)) == {
+        "python/tvm/s_tir/meta_schedule/builder/local_builder.py",
+        "tests/python/s_tir/meta_schedule/test_meta_schedule_builder_tensor_intrin.py",
+    }
+    assert "ms_droplet" not in text
+    # The unconditional import is gone; the lazy one names the compiler's two consumers.
+    assert "-    import tvm.s_tir.tensor_intrin  # pylint: disable=unused-import" in text
+    assert '+_TENSOR_INTRIN_CONSUMERS = ("tirx.mma_store", "m16n8k8.matrix")' in text
+    tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
+    patch = tmp_path / "builder.patch"
+    patch.write_text(text)
+    gen.apply_patch(patch, tree)
+    fixed = (tree / "python/tvm/s_tir/meta_schedule/builder/local_builder.py").read_text()
+    compile(fixed, "local_builder.py", "exec")
+    start = fixed.index('@register_global_func("s_tir.meta_schedule.builder.default_build")')
+    body = fixed[start : fixed.index("def default_export(", start)]
+    assert "_needs_tensor_intrin(mod, target)" in body
+    assert "import tvm.s_tir.tensor_intrin" not in body  # only in _import_tensor_intrin
+    # The installed package itself is untouched.
+    installed = gen._installed_tvm() / "s_tir/meta_schedule/builder/local_builder.py"
+    assert "_needs_tensor_intrin" not in installed.read_text()
+
+
 def test_a_changed_source_fails_loudly(gen):
     with pytest.raises(gen.GenerationError):
         gen._replace("nothing here", "from .interrupt import", "", "demo")
@@ -126,9 +157,10 @@ def test_check_applies_tests_and_lints(tmp_path):
         [sys.executable, str(SCRIPT), "--out", str(out), "--check"],
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert result.stdout.count("ms_droplet not imported") == 2
+    assert result.stdout.count("ms_droplet not imported") == 3
     assert "clean on 12 files" in result.stdout  # droplet.patch
-    assert "clean on 2 files" in result.stdout  # meta-schedule-logging-handlers.patch
+    # meta-schedule-logging-handlers.patch and local-builder-lazy-tensor-intrin.patch
+    assert result.stdout.count("clean on 2 files") == 2

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from ..measure import default_runner
+from ..measure import default_runner, respect_cpu_affinity
 from . import report
 from .parser import DEFAULT_WORKLOAD, build_parser
 from .report import ModelRunResult, TuneResult
@@ -209,6 +209,8 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
         latency_rounds=args.latency_rounds,
         numerics=numerics,
         wall_secs=time.perf_counter() - start,
+        failures=dict(monitor.failures),
+        measured=monitor.trials,
     )
 
 
@@ -326,7 +328,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ms-droplet`` and ``python -m ms_droplet``."""
+    """Entry point of ``ms-droplet`` and ``python -m ms_droplet``.
+
+    Exit status: 0; 1 when `tune-model`'s tuned outputs differ from the untuned model's; 2 for
+    a usage error; 3 (:data:`ms_droplet.failures.EXIT_ALL_FAILED`) when every candidate of
+    the run failed to build or run; 128 + the signal number when stopped by SIGINT/SIGTERM.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["tune"] + argv
@@ -338,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    respect_cpu_affinity()  # logged at INFO (-v); before any runner worker or thread pool
     if args.command == "repair":
         return repair(args, parser)
     try:
@@ -361,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_model_result(model_result), file=table_out)
         if args.json is not None:
             report.write_json(args.json, report.model_result_json(model_result))
-        return 0 if model_result.numerics.ok else 1
+        if not model_result.numerics.ok:
+            return 1  # wrong outputs outrank an untuned model
+        return _all_failed(model_result.failures, model_result.measured, model_result.all_failed)
     print(report.format_result(result), file=table_out)
     if args.json is not None:
         report.write_json(args.json, report.result_json(result))
@@ -369,4 +379,20 @@ def main(argv: list[str] | None = None) -> int:
         from .plot import plot_curve  # pylint: disable=import-outside-toplevel
 
         plot_curve(result.kernel, args.plot, title=f"{result.workload}: {result.kernel.strategy}")
-    return 0
+    kernel = result.kernel
+    return _all_failed(kernel.failures, kernel.trials, kernel.all_failed)
+
+
+def _all_failed(failures: dict[str, int], trials: int, all_failed: bool) -> int:
+    """The exit status of a finished run: 0, or ``EXIT_ALL_FAILED`` (3) with one warning that
+    names the main cause and its fix when every candidate failed (nothing was tuned, yet the
+    run ended normally: a slow machine's builds all timing out looks like this)."""
+    # pylint: disable=import-outside-toplevel
+    from ..failures import EXIT_ALL_FAILED, all_failed_message
+
+    if not all_failed:
+        return 0
+    logging.getLogger("ms_droplet").warning(
+        "ms-droplet: %s (exit status %d)", all_failed_message(failures, trials), EXIT_ALL_FAILED
+    )
+    return EXIT_ALL_FAILED

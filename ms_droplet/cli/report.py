@@ -27,7 +27,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..kernel import phase_totals
 
@@ -55,6 +55,13 @@ class ModelRunResult:
     latency_rounds: int
     numerics: object  # ms_droplet.relax.OutputComparison
     wall_secs: float
+    failures: dict[str, int] = field(default_factory=dict)  # cause -> failed candidates
+    measured: int = 0  # candidates the measure callback saw (all tasks)
+
+    @property
+    def all_failed(self) -> bool:
+        """Whether every measured candidate of the run failed (none was measured: False)."""
+        return self.measured > 0 and sum(self.failures.values()) >= self.measured
 
     @property
     def speedup(self) -> float:
@@ -68,6 +75,11 @@ def _us(secs: float) -> str:
 
 def _ms(secs: float) -> str:
     return f"{secs * 1e3:.3f} ms" if math.isfinite(secs) else "-"
+
+
+def _failures(failures: dict[str, int]) -> str:
+    """``"builder timeout 4, run error 1"``: the causes, most frequent first."""
+    return ", ".join(f"{c} {n}" for c, n in sorted(failures.items(), key=lambda x: -x[1]))
 
 
 def _rows(rows: list[tuple[str, str]]) -> list[str]:
@@ -90,6 +102,11 @@ def format_result(result: TuneResult) -> str:
         ("GFLOPS", f"{kernel.gflops:.1f}" if math.isfinite(kernel.gflops) else "-"),
         ("trials", str(kernel.trials)),
     ]
+    failures = getattr(kernel, "failures", None)
+    if failures:
+        rows.append(
+            ("failed", f"{sum(failures.values())} of {kernel.trials}: {_failures(failures)}")
+        )
     for report in kernel.reports:
         rows.append(
             (
@@ -146,6 +163,16 @@ def format_model_result(result: ModelRunResult, name_width: int = 60) -> str:
             "no valid trial",
             f"{len(missing)} task(s): {', '.join(missing)}" if missing else "none",
         ),
+    ]
+    if result.failures:
+        summary.append(
+            (
+                "failed",
+                f"{sum(result.failures.values())} of {result.measured}: "
+                f"{_failures(result.failures)}",
+            )
+        )
+    summary += [
         (
             "untuned latency",
             f"{_ms(result.untuned_secs)} (median of {result.latency_rounds} interleaved rounds)",
@@ -211,6 +238,7 @@ def result_json(result: TuneResult) -> dict:
     kernel = result.kernel
     document = _common("tune", kernel, kernel.best_secs, kernel.wall_secs)
     document.update(workload=result.workload, gflops=kernel.gflops, flop=kernel.flop)
+    document["failures"] = dict(getattr(kernel, "failures", {}))
     document["curve"] = kernel.curve
     return _plain(document)
 
@@ -226,6 +254,7 @@ def model_result_json(result: ModelRunResult) -> dict:
     document.update(max_abs_diff=numerics.max_abs_diff, max_rel_diff=numerics.max_rel_diff)
     document.update(max_trials=tuned.max_trials_global, no_valid_trial=tuned.no_valid_trial)
     document.update(tune_secs=tuned.tune_secs, compile_secs=tuned.compile_secs)
+    document["failures"] = dict(result.failures)
     document["tasks"] = tuned.tasks
     return _plain(document)
 

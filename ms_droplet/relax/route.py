@@ -54,6 +54,7 @@ from tvm import relax
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
+from ..workdir import lock_work_dir
 from .tune import TaskRow, _Tally, _tune_extracted
 
 TUNE_RELAX_GLOBAL = "tvm.s_tir.meta_schedule.tune_relax"
@@ -302,6 +303,16 @@ class PipelineRoute(contextlib.AbstractContextManager):
         return self._runner
 
     def _tune(self, name: str, args: tuple):
+        """Run a routed ``tune_relax`` / ``tune_tir`` call holding its ``work_dir``'s lock.
+
+        Like ``tune_model`` and the CLI: a second process tuning into the same ``work_dir`` is
+        refused with ``WorkDirBusyError`` before anything is extracted or measured.
+        """
+        work_dir = args[3] if name == TUNE_RELAX_GLOBAL else args[2]
+        with lock_work_dir(str(work_dir)):
+            return self._tune_locked(name, args)
+
+    def _tune_locked(self, name: str, args: tuple):
         """Run a routed ``tune_relax`` / ``tune_tir`` global call with this route's options."""
         if name == TUNE_RELAX_GLOBAL:
             mod, params, target, work_dir, max_global = args[:5]

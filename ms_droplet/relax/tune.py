@@ -24,6 +24,8 @@ counts what each task received; :class:`TaskRow` reports it. The pipeline route
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import math
 import os
@@ -37,6 +39,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from .._samples import mean_run_secs, result_run_secs
+from ..workdir import check_work_dir, lock_work_dir
 from .prepare import _as_target, canonicalize_model, prepare_for_tuning
 
 # The package's name, not this module's: the records keep the logger name they had before
@@ -212,6 +215,34 @@ class ModelTuneResult:
         return relax.VirtualMachine(self.executable, device or tvm.cpu())
 
 
+def _holding_work_dir(tune):
+    """Make ``tune`` hold its ``work_dir``'s lock for the whole call, like the CLI's ``tune``.
+
+    The lock is taken before anything slow (canonicalizing, task extraction), so that a second
+    process on the same ``work_dir`` is refused at once with :class:`ms_droplet.WorkDirBusyError`
+    (the CLI's message), and it is held until compiling has read the database, which another
+    process must not be writing meanwhile. With the JSON database (``database="json"``), the
+    files are then checked under the lock as ``tune_kernel`` does: a torn last line (an
+    interrupted run) is recovered instead of failing inside MetaSchedule. The lock is
+    re-entrant in this process, so ``DropletSearch`` taking it again is fine.
+    """
+    signature = inspect.signature(tune)
+
+    @functools.wraps(tune)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        work_dir = str(bound.arguments["work_dir"])
+        database = bound.arguments["database"]
+        with lock_work_dir(work_dir):
+            if isinstance(database, str) and database == "json":
+                check_work_dir(work_dir)
+            return tune(*args, **kwargs)
+
+    return locked
+
+
+@_holding_work_dir
 def tune_model(
     mod,
     target=None,
@@ -294,14 +325,24 @@ def tune_model(
     Returns
     -------
     ModelTuneResult
+
+    Raises
+    ------
+    ms_droplet.WorkDirBusyError
+        Another process tunes into ``work_dir`` (checked first, before any work).
+    ms_droplet.DatabaseFileError
+        A malformed line in the JSON database of ``work_dir`` (a ``ValueError`` that names the
+        file, the line and the fix).
     """
     # pylint: disable=import-outside-toplevel,too-many-locals
     from ..builder import FastBuilder
-    from ..measure import default_evaluator_config
+    from ..measure import default_evaluator_config, respect_cpu_affinity
     from ..strategy import DropletSearch, default_exploration_trials
 
     if int(max_trials_global) < 1:
         raise ValueError(f"max_trials_global must be >= 1, got {max_trials_global}")
+    # Before the runner's worker is spawned and before the model is timed in this process.
+    respect_cpu_affinity()
     target = _as_target(target)
     mod = canonicalize_model(mod, target, params, entry, decompose)
     prepared = prepare_for_tuning(mod, target)

@@ -48,8 +48,10 @@ def _git(*args, cwd=REPO_ROOT):
 def commit(cwd=REPO_ROOT):
     """The checkout's commit: ``{"sha": <git rev-parse HEAD>, "dirty": bool}``.
 
-    ``dirty``: tracked files differ from ``HEAD`` (untracked files do not count). None outside
-    a git checkout.
+    ``dirty``: tracked files differ from ``HEAD`` (untracked files do not count). The environment
+    variable ``BENCH_COMMIT`` (``SHA`` or ``SHA+dirty``) overrides git, recorded with
+    ``"from": "BENCH_COMMIT"``: a copy of the tree on a lent machine may carry a stale ``.git``.
+    None outside a git checkout without it.
 
     Parameters
     ----------
@@ -60,6 +62,10 @@ def commit(cwd=REPO_ROOT):
     -------
     dict or None
     """
+    named = os.environ.get("BENCH_COMMIT", "").strip()
+    if named:  # named explicitly: a copied tree's .git may be stale (seen on a lent machine)
+        sha, _, flag = named.partition("+")
+        return {"sha": sha, "dirty": flag == "dirty", "from": "BENCH_COMMIT"}
     sha = _git("rev-parse", "HEAD", cwd=cwd)
     if not sha:
         return None
