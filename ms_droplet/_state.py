@@ -160,16 +160,16 @@ class RunHooks:
 
 @dataclass
 class Counters:
-    """What a run did, for the summary and the report."""
+    """What a run did, for the summary and the report (the fields of :class:`DropletReport`)."""
 
-    exploration: int = 0
-    descent: int = 0
-    remeasured: int = 0
-    invalid: int = 0
-    duplicates: int = 0
-    failures: int = 0
-    moves: int = 0
-    restarts: int = 0
+    exploration: int = 0  # candidates sent by the evolutionary exploration
+    descent: int = 0  # candidates sent by the descent, re-measurements included
+    remeasured: int = 0  # of those, schedules measured again to decide a contested move
+    invalid: int = 0  # neighbors that failed to replay or to pass the postprocessors
+    duplicates: int = 0  # candidates skipped: their module was measured before
+    failures: int = 0  # measured candidates whose build or run failed
+    moves: int = 0  # accepted moves of the descent
+    restarts: int = 0  # explorations after a local optimum
 
 
 @dataclass
