@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -56,3 +58,26 @@ def synthetic_cost(sch) -> float:
         elif inst.kind.name == "SampleCategorical":
             cost += 0.3 * abs(int(decision) - 2)
     return cost * 1e-5
+
+
+# A process that holds a work_dir's lock (ms_droplet.workdir) until killed; argv[1]: the dir.
+HOLD_WORK_DIR = """
+import sys, time
+from ms_droplet.workdir import lock_work_dir
+with lock_work_dir(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def held_work_dir(tmp_path):
+    """A work_dir whose lock another process holds; that process is killed afterwards."""
+    work_dir = str(tmp_path / "work")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WORK_DIR, work_dir], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    yield work_dir, holder
+    holder.kill()
+    holder.wait()

@@ -273,26 +273,6 @@ def test_resume_counts_the_database_and_measures_nothing_twice(tmp_path, host_ta
 
 
 # ------------------------------------------------------------------ two processes
-_HOLD = """
-import sys, time
-from ms_droplet.workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
-with lock_work_dir(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
-
-
-@pytest.fixture
-def held_work_dir(tmp_path):
-    """A work_dir whose lock another process holds; that process is killed afterwards."""
-    work_dir = str(tmp_path / "work")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, work_dir], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    yield work_dir, holder
-    holder.kill()
-    holder.wait()
 
 
 def test_second_process_in_one_work_dir_is_refused(held_work_dir, host_target):

@@ -31,30 +31,12 @@ from ms_droplet.relax import tune as tune_module
 from ms_droplet.relax.route import TUNE_RELAX_GLOBAL, TUNE_TIR_GLOBAL, PipelineRoute
 from ms_droplet.workdir import WorkDirBusyError, lock_work_dir
 
+from .conftest import HOLD_WORK_DIR
+
 # The same holder as tests/test_faults.py: another process that keeps the lock until killed.
-_HOLD = """
-import sys, time
-from ms_droplet.workdir import lock_work_dir
-with lock_work_dir(sys.argv[1]):
-    print("locked", flush=True)
-    time.sleep(120)
-"""
 # The CLI's message (ms_droplet.workdir.acquire_work_dir), the same for every entry point.
 _BUSY = "in use by another tuning process \\(pid {pid}"
 _ADVICE = "Wait for that process to finish, or tune into another work_dir"
-
-
-@pytest.fixture
-def held_work_dir(tmp_path):
-    """A work_dir whose lock another process holds; that process is killed afterwards."""
-    work_dir = str(tmp_path / "work")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, work_dir], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout.readline().strip() == "locked"
-    yield work_dir, holder
-    holder.kill()
-    holder.wait()
 
 
 @pytest.fixture
@@ -111,7 +93,7 @@ def test_tune_model_holds_the_lock_and_is_reentrant(tmp_path, host_target, monke
         # refused meanwhile.
         with lock_work_dir(work_dir):
             check = subprocess.run(
-                [sys.executable, "-c", _HOLD, work_dir], capture_output=True, text=True
+                [sys.executable, "-c", HOLD_WORK_DIR, work_dir], capture_output=True, text=True
             )
         seen.append(check)
         raise RuntimeError("stop here")
@@ -125,6 +107,8 @@ def test_tune_model_holds_the_lock_and_is_reentrant(tmp_path, host_target, monke
     with lock_work_dir(work_dir):
         pass
     later = subprocess.run(
-        [sys.executable, "-c", _HOLD.replace("120", "0"), work_dir], capture_output=True, text=True
+        [sys.executable, "-c", HOLD_WORK_DIR.replace("120", "0"), work_dir],
+        capture_output=True,
+        text=True,
     )
     assert later.returncode == 0 and later.stdout.strip() == "locked"
