@@ -358,11 +358,17 @@ def logging_edit(tvm_dir: Path) -> tuple[str, str]:
     return base, fixed
 
 
+def _fix_patch(edit, path: str, test_name: str, tvm_dir: Path | None) -> str:
+    """A fix of one TVM file, ``edit(tvm_dir) -> (original, fixed)`` at ``path``, with the TVM
+    test it adds (template ``scripts/upstream/<test_name>``)."""
+    base, fixed = edit(tvm_dir or _installed_tvm())
+    test = _common((TEMPLATES / test_name).read_text(), test_name)
+    return _diff(path, base, fixed) + _diff(f"{TEST_DIR}/{test_name}", None, test)
+
+
 def make_logging_patch(tvm_dir: Path | None = None) -> str:
     """The patch fixing ``create_loggers`` with handlers it did not create, with its test."""
-    base, fixed = logging_edit(tvm_dir or _installed_tvm())
-    test = _common((TEMPLATES / LOGGING_TEST_NAME).read_text(), LOGGING_TEST_NAME)
-    return _diff(LOGGING_FILE, base, fixed) + _diff(f"{TEST_DIR}/{LOGGING_TEST_NAME}", None, test)
+    return _fix_patch(logging_edit, LOGGING_FILE, LOGGING_TEST_NAME, tvm_dir)
 
 
 def builder_edit(tvm_dir: Path) -> tuple[str, str]:
@@ -458,9 +464,7 @@ def builder_edit(tvm_dir: Path) -> tuple[str, str]:
 
 def make_builder_patch(tvm_dir: Path | None = None) -> str:
     """The patch making LocalBuilder import tensor intrinsics only for builds that need them."""
-    base, fixed = builder_edit(tvm_dir or _installed_tvm())
-    test = _common((TEMPLATES / BUILDER_TEST_NAME).read_text(), BUILDER_TEST_NAME)
-    return _diff(BUILDER_FILE, base, fixed) + _diff(f"{TEST_DIR}/{BUILDER_TEST_NAME}", None, test)
+    return _fix_patch(builder_edit, BUILDER_FILE, BUILDER_TEST_NAME, tvm_dir)
 
 
 # patch file name -> (generator, the TVM test it adds)
