@@ -57,6 +57,7 @@ results = _load("results")
 records = _load("records")
 runs = _load("runs")
 cli = _load("cli")
+fidelity = _load("fidelity")
 
 TARGET = {"kind": "llvm", "mcpu": "znver3", "num-cores": 2}
 
@@ -306,3 +307,79 @@ def test_parse_with_smoke():
     assert cli.parse_with_smoke(parser(), ["--trials", "5"], "h", trials=8).trials == 5
     args = cli.parse_with_smoke(parser(), ["--smoke"], "h", trials=8)
     assert args.smoke and args.trials == 8
+
+
+# -- measurement fidelity (scripts/fidelity.py) -----------------------------------------------
+
+
+def _line(trace, secs):
+    return [0, [trace, secs, {"kind": "llvm"}, []]]
+
+
+def test_distinct_schedules_group_equal_traces_and_keep_the_fastest_record():
+    a, b, c = [["a"], []], [["b"], []], [["c"], []]
+    lines = [
+        _line(a, [3e-5, 3e-5]),
+        _line(b, [1e10]),  # failed: left out
+        _line(c, [2e-5]),
+        _line(a, [1e-5, 2e-5]),  # a measured again, faster: its line and samples count
+        _line(b, None),
+    ]
+    groups = fidelity.distinct_schedules(lines)
+    assert [g["line"] for g in groups] == [3, 2]
+    assert [g["recorded_us"] for g in groups] == pytest.approx([15.0, 20.0])
+    assert [g["records"] for g in groups] == [2, 1]
+    assert groups[0]["recorded_samples_us"] == pytest.approx([10.0, 20.0])
+
+
+def test_select_schedules_takes_the_top_and_a_seeded_sample_of_the_rest():
+    lines = [_line([[str(i)], []], [(i + 1) * 1e-6]) for i in range(30)]
+    chosen = fidelity.select_schedules(lines, top=5, sample=4, seed=1)
+    assert [s["line"] for s in chosen[:5]] == [0, 1, 2, 3, 4]
+    assert {s["role"] for s in chosen[:5]} == {"top"}
+    sample = [s["line"] for s in chosen[5:]]
+    assert len(sample) == 4 and all(line >= 5 for line in sample)
+    assert sample == sorted(sample)
+    assert [s["line"] for s in fidelity.select_schedules(lines, 5, 4, seed=1)[5:]] == sample
+    assert [s["line"] for s in fidelity.select_schedules(lines, 5, 4, seed=2)[5:]] != sample
+    # fewer schedules than asked: all of them, once
+    assert len(fidelity.select_schedules(lines[:6], top=5, sample=4, seed=0)) == 6
+
+
+def test_within_and_spearman():
+    assert fidelity.within([1.0, 1.05, 0.91, 1.2, 0.8], 0.10) == pytest.approx(0.6)
+    assert fidelity.within([], 0.1) is None
+    assert fidelity.spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert fidelity.spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert fidelity.spearman([1, 2], [1, 2]) is None
+    assert fidelity.spearman([1, 1, 1], [1, 2, 3]) is None  # constant: undefined
+
+
+def test_compare_reports_ranks_ratios_and_the_pick():
+    def sched(line, role, recorded, fresh, again):
+        return {
+            "line": line,
+            "role": role,
+            "us": {"recorded": recorded, "fresh": fresh, "fresh again": again},
+        }
+
+    schedules = [
+        sched(0, "top", 10.0, 14.0, 14.5),  # tuning's pick, 1.4x slower fresh
+        sched(1, "top", 11.0, 11.0, 11.2),  # the fresh best
+        sched(2, "top", 12.0, 12.5, 12.4),
+        sched(3, "top", 13.0, None, 13.0),  # not timed fresh: left out
+        sched(4, "sample", 50.0, 52.0, 51.0),
+    ]
+    got = fidelity.compare(schedules, "recorded", "fresh", "fresh again", tolerance=0.1)
+    top, all_ = got["top"], got["all"]
+    assert top["n"] == 3 and all_["n"] == 4
+    assert top["spearman"] == pytest.approx(-0.5)
+    assert top["spearman_fresh_again"] == pytest.approx(1.0)
+    assert top["spearman_ratio"] == pytest.approx(-0.5)
+    assert top["pick_line"] == 0 and top["fresh_best_line"] == 1
+    assert top["pick_regret"] == pytest.approx(14.0 / 11.0)
+    assert top["ratio_min"] == pytest.approx(10 / 14) and top["ratio_max"] == pytest.approx(1.0)
+    assert top["within"] == pytest.approx(2 / 3)
+    assert all_["spearman"] == pytest.approx(0.4)
+    no_again = fidelity.compare(schedules, "recorded", "fresh", None)
+    assert "spearman_ratio" not in no_again["top"]

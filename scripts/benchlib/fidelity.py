@@ -1,0 +1,429 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""Measurement fidelity: does the time the tuner optimises predict the time a deployed kernel
+runs in?
+
+The schedules of a finished run (its best distinct records and a random sample of the rest)
+are timed in several *modes*, each in a fresh process of its own, one after the other:
+
+- ``runner``: as tuning timed them. Built by the tuning builder (``FastBuilder``), run by
+  MetaSchedule's ``LocalRunner`` in batches of 16, each schedule once per runner call; its
+  number is the mean of the call's samples, as the database records it.
+- ``fresh``: as deployed. Built with ``tvm.compile(sch.mod, target)`` (what a user does with
+  ``compile_tir``'s schedule), all schedules loaded in one process and timed in interleaved
+  rounds (A B C A B C ...) by ``time_evaluator``; its number is the median over rounds.
+
+Both take settings (the runner's ``EvaluatorConfig``, environment variables, busy processes
+beside the measurement, how arguments are filled, which build): the ablations of
+``scripts/fidelity.py`` are modes with one setting changed. The pure parts (record selection,
+statistics) are tested in ``tests/test_benchlib.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+
+from .records import read_record_lines
+
+FIDELITY_SCRIPT = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fidelity.py"
+)
+"""The script whose ``--child SPEC`` runs :func:`child_main` (one mode, one fresh process)."""
+
+TUNING_BATCH = 16
+"""Candidates per runner call in the ``runner`` mode, as in a tuning run's batches."""
+
+
+# --------------------------------------------------------------------------------------------
+# Which records
+# --------------------------------------------------------------------------------------------
+
+
+def distinct_schedules(lines):
+    """Group a database's record lines by schedule (equal traces), valid ones only.
+
+    Parameters
+    ----------
+    lines : list
+        ``[workload index, [trace, run_secs, target, args_info]]`` lines
+        (:func:`benchlib.records.read_record_lines`).
+
+    Returns
+    -------
+    list of dict
+        One per distinct trace with a valid time, fastest first: ``line`` (the index of its
+        fastest record), ``recorded_us`` (that record's mean, what the database ranks by),
+        ``records`` (how many records it has) and ``recorded_samples_us`` (the samples of
+        that record).
+    """
+    from ms_droplet.measure import valid_run_secs
+
+    groups: dict[str, dict] = {}
+    for index, (_, record) in enumerate(lines):
+        secs = valid_run_secs(record[1])
+        if not secs:
+            continue
+        mean_us = 1e6 * sum(secs) / len(secs)
+        key = json.dumps(record[0], sort_keys=True)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = group = {"line": index, "recorded_us": mean_us, "records": 0}
+            group["recorded_samples_us"] = [1e6 * s for s in secs]
+        group["records"] += 1
+        if mean_us < group["recorded_us"]:
+            group.update(line=index, recorded_us=mean_us)
+            group["recorded_samples_us"] = [1e6 * s for s in secs]
+    return sorted(groups.values(), key=lambda g: g["recorded_us"])
+
+
+def select_schedules(lines, top, sample, seed):
+    """The ``top`` fastest distinct schedules and ``sample`` others drawn at random.
+
+    Parameters
+    ----------
+    lines : list
+        Record lines, as for :func:`distinct_schedules`.
+    top, sample : int
+    seed : int
+        Of the random draw.
+
+    Returns
+    -------
+    list of dict
+        The groups of :func:`distinct_schedules`, each with ``role`` ``"top"`` or
+        ``"sample"``; top ones first, fastest first.
+    """
+    groups = distinct_schedules(lines)
+    chosen = [dict(g, role="top") for g in groups[:top]]
+    rest = groups[top:]
+    drawn = random.Random(seed).sample(rest, min(sample, len(rest)))
+    chosen += [dict(g, role="sample") for g in sorted(drawn, key=lambda g: g["recorded_us"])]
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+# --------------------------------------------------------------------------------------------
+
+
+def spearman(a, b):
+    """Spearman's rank correlation of two equally long sequences (None below 3 values)."""
+    if len(a) < 3:
+        return None
+    from scipy.stats import spearmanr
+
+    value = spearmanr(a, b).statistic
+    return None if math.isnan(value) else float(value)
+
+
+def within(ratios, tolerance):
+    """The share of ``ratios`` within ``1 +- tolerance`` (None when empty)."""
+    if not ratios:
+        return None
+    return sum(abs(r - 1) <= tolerance for r in ratios) / len(ratios)
+
+
+def _geomean(values):
+    if not values:
+        return None
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def compare(schedules, tuning, fresh, fresh_again, tolerance=0.10):
+    """How well the ``tuning`` numbers of ``schedules`` predict their ``fresh`` ones.
+
+    Parameters
+    ----------
+    schedules : list of dict
+        With ``role`` and a number per mode label (``schedule["us"][label]``; None: not timed).
+    tuning, fresh, fresh_again : str
+        Mode labels (``"recorded"`` is the database's own number); ``fresh_again`` may be None.
+    tolerance : float
+        For ``within``: the share of schedules whose tuning number is within
+        ``1 +- tolerance`` of the fresh one.
+
+    Returns
+    -------
+    dict
+        Over the top schedules (``top``) and over all (``all``): ``n``, ``spearman``
+        (tuning, fresh), ``spearman_fresh_again`` (fresh, fresh again), ``spearman_ratio``
+        (their quotient, the target's measure), ``ratio_geomean`` (tuning / fresh), ``ratio_min``,
+        ``ratio_max``, ``within`` and ``pick``: the tuning's fastest schedule, the fresh
+        fastest, and how much slower (fresh) the tuning's pick is than the fresh best
+        (``pick_regret``, 1.0 when the pick is the best).
+    """
+    out = {"tuning": tuning, "fresh": fresh, "fresh_again": fresh_again, "tolerance": tolerance}
+    for part in ("top", "all"):
+        rows = [
+            s
+            for s in schedules
+            if (part == "all" or s["role"] == "top")
+            and s["us"].get(tuning)
+            and s["us"].get(fresh)
+            and (fresh_again is None or s["us"].get(fresh_again))
+        ]
+        t = [s["us"][tuning] for s in rows]
+        f = [s["us"][fresh] for s in rows]
+        ratios = [a / b for a, b in zip(t, f)]
+        res = {
+            "n": len(rows),
+            "spearman": spearman(t, f),
+            "ratio_geomean": _geomean(ratios),
+            "ratio_min": min(ratios) if ratios else None,
+            "ratio_max": max(ratios) if ratios else None,
+            "within": within(ratios, tolerance),
+        }
+        if fresh_again is not None:
+            again = spearman(f, [s["us"][fresh_again] for s in rows])
+            res["spearman_fresh_again"] = again
+            res["spearman_ratio"] = (
+                res["spearman"] / again if res["spearman"] is not None and again else None
+            )
+        if rows:
+            pick = min(range(len(rows)), key=lambda i: t[i])
+            best = min(range(len(rows)), key=lambda i: f[i])
+            res["pick_line"] = rows[pick]["line"]
+            res["fresh_best_line"] = rows[best]["line"]
+            res["pick_regret"] = f[pick] / f[best]
+        out[part] = res
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Measuring, one mode in a fresh process
+# --------------------------------------------------------------------------------------------
+
+RUNNER_DEFAULTS = {"number": 3, "repeat": 3, "min_repeat_ms": 20, "enable_cpu_cache_flush": False}
+"""The evaluator of the ``runner`` mode unless a mode says otherwise (the package's default,
+:func:`ms_droplet.measure.default_evaluator_config`, when this file was written; the script
+records the values it used)."""
+
+FRESH_DEFAULTS = {"number": 10, "min_repeat_ms": 50, "rounds": 10}
+"""The ``fresh`` mode's ``time_evaluator(number, repeat=1, min_repeat_ms)`` and rounds."""
+
+
+def runner_defaults():
+    """``RUNNER_DEFAULTS`` as the package's default evaluator has them now."""
+    from ms_droplet.measure import default_evaluator_config
+
+    config = default_evaluator_config()
+    return {k: getattr(config, k) for k in RUNNER_DEFAULTS}
+
+
+def measure_mode(work_dir, lines, mode, timeout=1800):
+    """Time the records ``lines`` of ``work_dir`` in ``mode``, in a fresh process.
+
+    Parameters
+    ----------
+    work_dir : str
+    lines : list of int
+        Indices of record lines of its ``database_tuning_record.json``.
+    mode : dict
+        ``kind`` (``"runner"`` or ``"fresh"``) and its settings: ``evaluator`` (runner),
+        ``number``/``min_repeat_ms``/``rounds`` (fresh), ``env`` (variables set for the
+        process), ``load`` (busy processes running beside the measurement), ``fill``
+        (``"uniform"``: floats in [-1, 1); ``"measure"``: TVM's ``random_fill_for_measure``,
+        as the runner fills them), ``build`` (fresh: ``"compile"``, ``tvm.compile``; or
+        ``"builder"``, the tuning builder's exported library), ``calls`` (runner calls),
+        ``seed`` (the order schedules are sent in).
+
+    Returns
+    -------
+    list of list of float
+        Per line, its samples in microseconds: per runner call the call's mean (``runner``),
+        or per round one time (``fresh``); an empty list where it failed.
+    """
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in (mode.get("env") or {}).items()})
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = os.path.join(tmp, "spec.json")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump({"work_dir": work_dir, "lines": lines, "mode": mode}, f)
+        command = [sys.executable, FIDELITY_SCRIPT, "--child", spec_path]
+        busy = [_busy_process() for _ in range(int(mode.get("load", 0)))]
+        try:
+            out = subprocess.run(
+                command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        finally:
+            for proc in busy:
+                proc.kill()
+                proc.wait()
+        if out.returncode != 0:
+            raise RuntimeError(f"mode {mode} failed:\n{out.stderr[-3000:]}")
+        with open(spec_path + ".out", encoding="utf-8") as f:
+            return json.load(f)
+
+
+def _busy_process():
+    """A process that keeps one CPU busy until killed (work beside a measurement)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", "while True: pass"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _schedules(work_dir, lines):
+    """The scheduled modules, their target and the workload of ``lines`` of ``work_dir``."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    with open(os.path.join(work_dir, "database_workload.json"), encoding="utf-8") as f:
+        workloads = [ms.database.Workload.from_json(json.loads(x)) for x in f if x.strip()]
+    all_lines = read_record_lines(work_dir)
+    mods, target = [], None
+    for line in lines:
+        index, raw = all_lines[line]
+        record = ms.database.TuningRecord.from_json(raw, workloads[index])
+        sch = tvm.s_tir.Schedule(workloads[index].mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        mods.append(sch.mod)
+        target = record.target
+    return mods, target
+
+
+def _fill(arrays_info, dev, fill, rng):
+    """Arguments for ``arrays_info`` (``ArgInfo``) on ``dev``, filled as ``fill`` says."""
+    import tvm
+
+    args = []
+    for info in arrays_info:
+        shape = [int(x) for x in info.shape]
+        dtype = str(info.dtype)
+        if fill == "measure":
+            arr = tvm.runtime.empty(shape, dtype, dev)
+            tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")(arr)
+        elif "int" in dtype:
+            arr = tvm.runtime.tensor(rng.integers(-4, 4, size=shape).astype(dtype), dev)
+        else:
+            arr = tvm.runtime.tensor(rng.uniform(-1, 1, size=shape).astype(dtype), dev)
+        args.append(arr)
+    return args
+
+
+def _order(n, seed):
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+def _run_runner(mods, target, mode):
+    """``runner`` mode: the tuning builder and ``LocalRunner``, batches of 16, ``calls`` times."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
+
+    from ms_droplet.builder import FastBuilder
+    from ms_droplet.measure import default_runner, result_run_secs
+
+    evaluator = dict(runner_defaults(), **(mode.get("evaluator") or {}))
+    runner = default_runner(EvaluatorConfig(**evaluator))
+    if "alloc_repeat" in mode:
+        runner.alloc_repeat = int(mode["alloc_repeat"])
+    device = "cuda" if target.kind.name == "cuda" else "cpu"
+    samples: list[list[float]] = [[] for _ in mods]
+    with FastBuilder() as builder:
+        for call in range(int(mode.get("calls", 1))):
+            order = _order(len(mods), int(mode.get("seed", 0)) + call)
+            for start in range(0, len(order), TUNING_BATCH):
+                batch = order[start : start + TUNING_BATCH]
+                built = builder.build([BuilderInput(mods[i], target) for i in batch])
+                inputs, sent = [], []
+                for i, b in zip(batch, built):
+                    if b.error_msg is None:
+                        info = ArgInfo.from_entry_func(mods[i], remove_preproc=True)
+                        inputs.append(RunnerInput(b.artifact_path, device, info))
+                        sent.append(i)
+                for i, future in zip(sent, runner.run(inputs)):
+                    secs = result_run_secs(future.result())
+                    if secs:
+                        samples[i].append(1e6 * sum(secs) / len(secs))
+    return samples
+
+
+def _run_fresh(mods, target, mode):
+    """``fresh`` mode: every schedule built and loaded, then timed in interleaved rounds."""
+    import numpy as np
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    settings = dict(FRESH_DEFAULTS, **{k: mode[k] for k in FRESH_DEFAULTS if k in mode})
+    dev = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu()
+    rng = np.random.default_rng(0)
+    fill, realloc = mode.get("fill", "uniform"), bool(mode.get("realloc", True))
+    timers = []
+    keep = []  # exported libraries of the "builder" build, kept until timed
+    for mod in mods:
+        if mode.get("build", "compile") == "builder":
+            func, lib = _builder_module(mod, target, keep)
+        else:
+            lib = tvm.compile(mod, target=target)
+            func = lib.jit() if hasattr(lib, "jit") else lib
+        info = ArgInfo.from_entry_func(mod, remove_preproc=True)
+        evaluator = func.time_evaluator(
+            func.entry_name if mode.get("build") == "builder" else "main",
+            dev,
+            number=settings["number"],
+            repeat=1,
+            min_repeat_ms=settings["min_repeat_ms"],
+        )
+        timers.append((evaluator, info, _fill(info, dev, fill, rng)))
+    samples: list[list[float]] = [[] for _ in mods]
+    for round_ in range(int(settings["rounds"])):
+        for i in _order(len(mods), int(mode.get("seed", 0)) + round_):
+            evaluator, info, args = timers[i]
+            if realloc and round_:
+                # New arguments (new addresses) each round, the old ones freed after.
+                args = _fill(info, dev, fill, rng)
+            samples[i].append(1e6 * evaluator(*args).mean)
+    return samples
+
+
+def _builder_module(mod, target, keep):
+    """Build ``mod`` as tuning does (``FastBuilder``'s build and export) and load the library."""
+    import tvm
+
+    from ms_droplet.builder import default_build
+
+    export = tvm.get_global_func("s_tir.meta_schedule.builder.default_export")
+    path = export(default_build(mod, target, None))
+    keep.append(path)
+    lib = tvm.runtime.load_module(path)
+    return lib, lib
+
+
+def child_main(spec_path):
+    """Measure one mode (the spec of :func:`measure_mode`) and write ``<spec>.out``."""
+    with open(spec_path, encoding="utf-8") as f:
+        spec = json.load(f)
+    if any("tensorize" in json.dumps(raw) for _, raw in read_record_lines(spec["work_dir"])):
+        # Replaying a tensorized schedule needs the intrinsics registered (10-45 s to import).
+        import tvm.s_tir.tensor_intrin  # noqa: F401
+
+    mode = spec["mode"]
+    mods, target = _schedules(spec["work_dir"], spec["lines"])
+    run = _run_runner if mode["kind"] == "runner" else _run_fresh
+    samples = run(mods, target, mode)
+    with open(spec_path + ".out", "w", encoding="utf-8") as f:
+        json.dump(samples, f)
