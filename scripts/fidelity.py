@@ -108,6 +108,11 @@ MODES = {
         },
         "runner with 3 argument allocations of one sample each (same time as 1 x 3 samples)",
     ),
+    "interleaved": (
+        {"kind": "interleaved"},
+        "the runner's timings per schedule (3 of >= 20 ms), taken in rounds over each batch of "
+        "16 instead of back to back",
+    ),
     "fresh-one-alloc": (
         {"kind": "fresh", "realloc": False},
         "fresh with one set of arguments per schedule for every round (not new ones per round)",
@@ -270,8 +275,8 @@ def markdown(doc):
         "(target >= 90 %), and how much slower (fresh) the mode's pick is than the fresh best.",
         "",
         "| run | mode | part | n | Spearman | fresh/fresh again | quotient | ratio geomean "
-        "| ratio range | within | pick regret |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| ratio range | log-ratio sd | within | pick regret |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in doc["runs"]:
         name = os.path.basename(run["work_dir"].rstrip("/"))
@@ -283,6 +288,7 @@ def markdown(doc):
                     f"| {_fmt(r.get('spearman_fresh_again'))} | {_fmt(r.get('spearman_ratio'))} "
                     f"| {_fmt(r['ratio_geomean'], '.3f')} "
                     f"| {_fmt(r['ratio_min'])}-{_fmt(r['ratio_max'])} "
+                    f"| {_fmt(r.get('log_ratio_sd'), '.3f')} "
                     f"| {_fmt(None if r['within'] is None else 100 * r['within'], '.0f')} % "
                     f"| {_fmt(r.get('pick_regret'), '.3f')} |"
                 )

@@ -143,6 +143,13 @@ def within(ratios, tolerance):
     return sum(abs(r - 1) <= tolerance for r in ratios) / len(ratios)
 
 
+def _sd(values):
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def _geomean(values):
     if not values:
         return None
@@ -168,9 +175,10 @@ def compare(schedules, tuning, fresh, fresh_again, tolerance=0.10):
         Over the top schedules (``top``) and over all (``all``): ``n``, ``spearman``
         (tuning, fresh), ``spearman_fresh_again`` (fresh, fresh again), ``spearman_ratio``
         (their quotient, the target's measure), ``ratio_geomean`` (tuning / fresh), ``ratio_min``,
-        ``ratio_max``, ``within`` and ``pick``: the tuning's fastest schedule, the fresh
-        fastest, and how much slower (fresh) the tuning's pick is than the fresh best
-        (``pick_regret``, 1.0 when the pick is the best).
+        ``ratio_max``, ``within``, ``log_ratio_sd`` (the spread of the ratios: the error of a
+        single schedule's number beyond a shift common to all), ``pick_line`` (the tuning's
+        fastest schedule), ``fresh_best_line`` and ``pick_regret`` (how much slower, fresh, the
+        tuning's pick is than the fresh best; 1.0 when it is the best).
     """
     out = {"tuning": tuning, "fresh": fresh, "fresh_again": fresh_again, "tolerance": tolerance}
     for part in ("top", "all"):
@@ -192,6 +200,7 @@ def compare(schedules, tuning, fresh, fresh_again, tolerance=0.10):
             "ratio_min": min(ratios) if ratios else None,
             "ratio_max": max(ratios) if ratios else None,
             "within": within(ratios, tolerance),
+            "log_ratio_sd": _sd([math.log(r) for r in ratios]),
         }
         if fresh_again is not None:
             again = spearman(f, [s["us"][fresh_again] for s in rows])
@@ -362,6 +371,53 @@ def _run_runner(mods, target, mode):
     return samples
 
 
+def _run_interleaved(mods, target, mode):
+    """``interleaved`` mode: the runner's budget spent in rounds over each batch.
+
+    Per batch of 16 (as tuning sends them), every schedule is built by the tuning builder,
+    loaded and given its arguments; then ``repeat`` rounds time each once (``number``, grown to
+    ``min_repeat_ms``), A B C ... A B C ...: the same timings per schedule as the runner takes,
+    spread over the batch's time instead of taken back to back. Its number is their mean.
+    """
+    import numpy as np
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+
+    from ms_droplet.builder import FastBuilder
+
+    evaluator = dict(runner_defaults(), **(mode.get("evaluator") or {}))
+    dev = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu()
+    rng = np.random.default_rng(0)
+    samples: list[list[float]] = [[] for _ in mods]
+    order = _order(len(mods), int(mode.get("seed", 0)))
+    with FastBuilder() as builder:
+        for start in range(0, len(order), TUNING_BATCH):
+            batch = order[start : start + TUNING_BATCH]
+            built = builder.build([BuilderInput(mods[i], target) for i in batch])
+            timers = []
+            for i, b in zip(batch, built):
+                if b.error_msg is not None:
+                    continue
+                lib = tvm.runtime.load_module(b.artifact_path)
+                info = ArgInfo.from_entry_func(mods[i], remove_preproc=True)
+                func = lib.time_evaluator(
+                    lib.entry_name,
+                    dev,
+                    number=evaluator["number"],
+                    repeat=1,
+                    min_repeat_ms=evaluator["min_repeat_ms"],
+                )
+                timers.append((i, func, _fill(info, dev, mode.get("fill", "measure"), rng)))
+            times: dict[int, list[float]] = {i: [] for i, _, _ in timers}
+            for _ in range(int(evaluator["repeat"])):
+                for i, func, args in timers:
+                    times[i].append(func(*args).mean)
+            for i, secs in times.items():
+                samples[i].append(1e6 * sum(secs) / len(secs))
+    return samples
+
+
 def _run_fresh(mods, target, mode):
     """``fresh`` mode: every schedule built and loaded, then timed in interleaved rounds."""
     import numpy as np
@@ -423,7 +479,8 @@ def child_main(spec_path):
 
     mode = spec["mode"]
     mods, target = _schedules(spec["work_dir"], spec["lines"])
-    run = _run_runner if mode["kind"] == "runner" else _run_fresh
+    runs = {"runner": _run_runner, "interleaved": _run_interleaved, "fresh": _run_fresh}
+    run = runs[mode["kind"]]
     samples = run(mods, target, mode)
     with open(spec_path + ".out", "w", encoding="utf-8") as f:
         json.dump(samples, f)
