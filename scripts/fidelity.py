@@ -54,7 +54,11 @@ from benchlib.results import write_json, write_text
 MODES = {
     "runner": (
         {"kind": "runner"},
-        "as tuning timed it: FastBuilder, LocalRunner, the package's default evaluator",
+        "as tuning times it: FastBuilder, the package's default runner and evaluator",
+    ),
+    "runner-local": (
+        {"kind": "runner", "runner": "local"},
+        "as tuning timed it before: MetaSchedule's LocalRunner (timings back to back)",
     ),
     "fresh": (
         {"kind": "fresh"},
@@ -103,15 +107,16 @@ MODES = {
     "runner-alloc3": (
         {
             "kind": "runner",
+            "runner": "local",
             "evaluator": {"number": 3, "repeat": 1, "min_repeat_ms": 20},
             "alloc_repeat": 3,
         },
-        "runner with 3 argument allocations of one sample each (same time as 1 x 3 samples)",
+        "LocalRunner with 3 argument sets of one timing each (same time as 1 x 3 timings)",
     ),
     "interleaved": (
         {"kind": "interleaved"},
-        "the runner's timings per schedule (3 of >= 20 ms), taken in rounds over each batch of "
-        "16 instead of back to back",
+        "the prototype of the default runner in the measuring process: LocalRunner's timings "
+        "(3 of >= 20 ms) taken in rounds over each batch of 16 instead of back to back",
     ),
     "fresh-one-alloc": (
         {"kind": "fresh", "realloc": False},

@@ -297,9 +297,9 @@ class PipelineRoute(contextlib.AbstractContextManager):
 
     def _runner_object(self):
         if self._runner is None:
-            from ..measure import default_evaluator_config  # pylint: disable=import-outside-toplevel
+            from ..measure import default_runner  # pylint: disable=import-outside-toplevel
 
-            self._runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
+            self._runner = default_runner(ignore_ctrl_c=False)
         return self._runner
 
     def _tune(self, name: str, args: tuple):
@@ -421,7 +421,7 @@ def pipeline_strategy(
     builder : "fast", "local" or Builder
         ``"fast"``: a :class:`ms_droplet.FastBuilder` made on first use and shut down on exit.
     runner : Runner or None
-        ``None``: ``LocalRunner`` with :func:`ms_droplet.measure.default_evaluator_config`.
+        ``None``: the runner of :func:`ms_droplet.measure.default_runner`.
     num_trials_per_iter : int
         Candidates per measured batch.
     seed : Optional[int]

@@ -310,8 +310,7 @@ def tune_model(
     builder : Builder or str or None
         ``None``: a :class:`ms_droplet.FastBuilder`, shut down at the end.
     runner : Runner or str or None
-        ``None``: ``LocalRunner`` with the CLI's settings
-        (:func:`ms_droplet.measure.default_evaluator_config`).
+        ``None``: the CLI's runner (:func:`ms_droplet.measure.default_runner`).
     database, cost_model, task_scheduler, module_equality
         As in ``meta_schedule.tune_tasks``. With a ``seed`` and ``task_scheduler="gradient"``,
         the scheduler is seeded too (MetaSchedule's default draws its ties at random).
@@ -336,7 +335,7 @@ def tune_model(
     """
     # pylint: disable=import-outside-toplevel,too-many-locals
     from ..builder import FastBuilder
-    from ..measure import default_evaluator_config, respect_cpu_affinity
+    from ..measure import default_runner, respect_cpu_affinity
     from ..strategy import DropletSearch, default_exploration_trials
 
     if int(max_trials_global) < 1:
@@ -369,7 +368,7 @@ def tune_model(
     if own_builder:
         builder = FastBuilder()
     if runner is None:
-        runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
+        runner = default_runner(ignore_ctrl_c=False)
     start = time.perf_counter()
     try:
         db, contexts, weights, tally = _tune_extracted(

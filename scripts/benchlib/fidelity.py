@@ -20,9 +20,11 @@ runs in?
 The schedules of a finished run (its best distinct records and a random sample of the rest)
 are timed in several *modes*, each in a fresh process of its own, one after the other:
 
-- ``runner``: as tuning timed them. Built by the tuning builder (``FastBuilder``), run by
-  MetaSchedule's ``LocalRunner`` in batches of 16, each schedule once per runner call; its
-  number is the mean of the call's samples, as the database records it.
+- ``runner``: as tuning timed them. Built by the tuning builder (``FastBuilder``), run by the
+  package's default runner (:func:`ms_droplet.measure.default_runner`; ``"runner": "local"``:
+  MetaSchedule's ``LocalRunner``, the default before) in batches of 16, each schedule once
+  per runner call; its number is the mean of the call's samples, as the database records it.
+- ``interleaved``: the prototype of the default runner, in the measuring process itself.
 - ``fresh``: as deployed. Built with ``tvm.compile(sch.mod, target)`` (what a user does with
   ``compile_tir``'s schedule), all schedules loaded in one process and timed in interleaved
   rounds (A B C A B C ...) by ``time_evaluator``; its number is the median over rounds.
@@ -338,7 +340,7 @@ def _order(n, seed):
 
 
 def _run_runner(mods, target, mode):
-    """``runner`` mode: the tuning builder and ``LocalRunner``, batches of 16, ``calls`` times."""
+    """``runner`` mode: the tuning builder and the runner, batches of 16, ``calls`` times."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
@@ -346,10 +348,19 @@ def _run_runner(mods, target, mode):
     from ms_droplet.builder import FastBuilder
     from ms_droplet.measure import default_runner, result_run_secs
 
-    evaluator = dict(runner_defaults(), **(mode.get("evaluator") or {}))
-    runner = default_runner(EvaluatorConfig(**evaluator))
-    if "alloc_repeat" in mode:
-        runner.alloc_repeat = int(mode["alloc_repeat"])
+    evaluator = EvaluatorConfig(**dict(runner_defaults(), **(mode.get("evaluator") or {})))
+    if mode.get("runner") == "local":
+        from tvm.s_tir.meta_schedule.runner import LocalRunner
+
+        from ms_droplet.interrupt import ignore_interrupts
+
+        runner = LocalRunner(
+            evaluator_config=evaluator,
+            alloc_repeat=int(mode.get("alloc_repeat", 1)),
+            initializer=ignore_interrupts,
+        )
+    else:
+        runner = default_runner(evaluator)
     device = "cuda" if target.kind.name == "cuda" else "cpu"
     samples: list[list[float]] = [[] for _ in mods]
     with FastBuilder() as builder:

@@ -1,0 +1,120 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""``InterleavedRunner``: real kernels, built and timed; failures stay with their candidate."""
+
+from __future__ import annotations
+
+import pytest
+import tvm
+from tvm import te
+from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+from tvm.s_tir.meta_schedule.builder import BuilderInput
+from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
+
+from ms_droplet.builder import FastBuilder
+from ms_droplet.measure import default_evaluator_config, default_runner, valid_run_secs
+from ms_droplet.runner import InterleavedRunner
+
+FAST = EvaluatorConfig(number=2, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=False)
+
+
+def _matmul(n):
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+@pytest.fixture(scope="module")
+def built():
+    """Artifacts of three small matmuls (16, 32 and 24 wide) and their runner inputs."""
+    target = tvm.target.Target("llvm")
+    mods = [_matmul(n) for n in (16, 32, 24)]
+    with FastBuilder(max_workers=1) as builder:
+        results = builder.build([BuilderInput(m, target) for m in mods])
+    assert all(r.error_msg is None for r in results)
+    return [
+        RunnerInput(r.artifact_path, "cpu", ArgInfo.from_entry_func(m, remove_preproc=True))
+        for r, m in zip(results, mods)
+    ]
+
+
+def _times(futures):
+    return [valid_run_secs(f.result().run_secs) for f in futures]
+
+
+def test_every_candidate_gets_repeat_timings(built):
+    runner = InterleavedRunner(evaluator_config=FAST)
+    times = _times(runner.run(built))
+    assert [len(t) for t in times] == [3, 3, 3]
+    assert all(x > 0 for t in times for x in t)
+    # The 32-wide matmul does 8x the work of the 16-wide one.
+    assert min(times[1]) > max(times[0])
+    assert runner.run([]) == []
+
+
+def test_a_candidate_that_does_not_load_fails_alone(built, tmp_path):
+    broken = tmp_path / "not_a_library.tar"
+    broken.write_bytes(b"not a tar file")
+    inputs = [built[0], RunnerInput(str(broken), "cpu", built[0].args_info), built[2]]
+    results = [f.result() for f in InterleavedRunner(evaluator_config=FAST).run(inputs)]
+    assert results[1].run_secs is None
+    assert results[1].error_msg.startswith("InterleavedRunner: An exception occurred")
+    assert str(broken) in results[1].error_msg
+    for result in (results[0], results[2]):
+        assert result.error_msg is None and len(valid_run_secs(result.run_secs)) == 3
+
+
+def _exit_for_the_32_wide(device, args_info, alloc_repeat):
+    """An ``f_alloc_argument`` that kills its worker process for the 32-wide matmul."""
+    import os  # pylint: disable=import-outside-toplevel
+
+    from tvm.s_tir.meta_schedule.runner.local_runner import (  # pylint: disable=import-outside-toplevel
+        default_alloc_argument,
+    )
+
+    if list(args_info[0][2]) == [32, 32]:
+        os._exit(3)
+    return default_alloc_argument(device, args_info, alloc_repeat)
+
+
+# Sent to the workers by value: they cannot import this test module.
+_exit_for_the_32_wide.__module__ = "__main__"
+
+
+def test_a_candidate_that_kills_the_worker_fails_alone(built):
+    runner = InterleavedRunner(evaluator_config=FAST, f_alloc_argument=_exit_for_the_32_wide)
+    results = [f.result() for f in runner.run(built)]
+    # The batch's worker died; measured again one by one, only the culprit fails.
+    assert results[1].run_secs is None and results[1].error_msg
+    assert len(valid_run_secs(results[0].run_secs)) == 3
+    assert len(valid_run_secs(results[2].run_secs)) == 3
+    # The worker is started again for the next batch.
+    again = _times(runner.run([built[0], built[2]]))
+    assert [len(t) for t in again] == [3, 3]
+
+
+def test_bad_timeout_is_refused():
+    with pytest.raises(ValueError, match="timeout_sec must be > 0 seconds, got 0"):
+        InterleavedRunner(timeout_sec=0)
+
+
+def test_the_default_runner_is_interleaved_with_the_default_evaluator():
+    runner = default_runner()
+    assert isinstance(runner, InterleavedRunner)
+    assert runner.evaluator_config == default_evaluator_config()
