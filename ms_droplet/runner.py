@@ -88,7 +88,7 @@ def _run_batch(
                 )
                 timers[i] = (rt_mod, timer, device, args)
             except Exception:  # noqa: BLE001 - the candidate's error, as LocalRunner reports it
-                errors[i] = traceback.format_exc()
+                errors[i] = f"loading {artifact_path}:\n{traceback.format_exc()}"
         samples: dict[int, list[float]] = {i: [] for i in timers}
         for _ in range(evaluator_config.repeat):
             for i in list(timers):
@@ -97,7 +97,7 @@ def _run_batch(
                     device.sync()
                     samples[i].append(float(timer(*args).mean))
                 except Exception:  # noqa: BLE001 - this candidate fails, the others go on
-                    errors[i] = traceback.format_exc()
+                    errors[i] = f"timing {inputs[i][0]}:\n{traceback.format_exc()}"
                     del timers[i]
     finally:
         cleanup()

@@ -150,6 +150,18 @@ def parse_args(argv=None):
     parser.add_argument("--tolerance", type=float, default=0.10, help="'within' (0.10: +-10 %%)")
     parser.add_argument("--out", default="fidelity_out", help="folder for JSON, MD and PNG")
     parser.add_argument("--list-modes", action="store_true", help="print the named modes")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        default=None,
+        help="compare two modes over earlier fidelity.json files (see --compare) and exit",
+    )
+    parser.add_argument(
+        "--compare",
+        default="runner-local,runner",
+        help="--report: the two modes A,B (their repetitions are paired in order)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parse_with_smoke(
         parser,
@@ -161,7 +173,7 @@ def parse_args(argv=None):
         sample=3,
         rounds=3,
     )
-    if args.child or args.list_modes:
+    if args.child or args.list_modes or args.report:
         return args
     names = [m for m in args.plan.split(",") + args.ablate.split(",") if m]
     unknown = [m for m in names if m not in MODES]
@@ -355,6 +367,14 @@ def plot(doc, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        first, second = args.compare.split(",")
+        docs = []
+        for path in args.report:
+            with open(path, encoding="utf-8") as f:
+                docs.append(json.load(f))
+        print(json.dumps(fidelity.paired_report(docs, first, second), indent=1))
+        return 0
     if args.child:
         fidelity.child_main(args.child)
         return 0
@@ -390,7 +410,9 @@ def main(argv=None):
         },
         "runs": runs,
     }
-    out = write_json(os.path.join(args.out, "fidelity.json"), doc, environment(host_target()))
+    out = write_json(
+        os.path.join(args.out, "fidelity.json"), doc, environment(host_target(), gpu=True)
+    )
     text = markdown(out)
     write_text(os.path.join(args.out, "fidelity.md"), text)
     plot(out, os.path.join(args.out, "fidelity.png"))

@@ -383,3 +383,30 @@ def test_compare_reports_ranks_ratios_and_the_pick():
     assert all_["spearman"] == pytest.approx(0.4)
     no_again = fidelity.compare(schedules, "recorded", "fresh", None)
     assert "spearman_ratio" not in no_again["top"]
+
+
+def test_paired_report_pairs_repetitions_in_order():
+    def comp(label, sd, quotient, within):
+        top = {"log_ratio_sd": sd, "spearman_ratio": quotient, "within": within}
+        return {"tuning": label, "top": top}
+
+    labels = ["a", "b", "a again", "b again", "a #3", "b #3"]
+    sds = [0.2, 0.1, 0.3, 0.15, 0.1, 0.2]
+    run = {
+        "work_dir": "/x/run1/",
+        "comparisons": [comp("recorded", 0.5, 0.5, 0.5)]
+        + [comp(lab, sd, 0.9, 0.8) for lab, sd in zip(labels, sds)],
+    }
+    got = fidelity.paired_report([{"runs": [run]}, {"runs": [run]}], "a", "b")
+    pairs = got["pairs"]
+    assert len(pairs) == 6 and pairs[0]["run"] == "run1"
+    assert [p["labels"] for p in pairs[:3]] == [
+        ["a", "b"],
+        ["a again", "b again"],
+        ["a #3", "b #3"],
+    ]
+    summary = got["summary"]
+    assert summary["second_better_spread"] == 4
+    assert summary["spread_ratio_geomean"] == pytest.approx((0.5 * 0.5 * 2.0) ** (1 / 3))
+    assert summary["wilcoxon_p"] is not None
+    assert summary["quotient_mean"] == [pytest.approx(0.9), pytest.approx(0.9)]

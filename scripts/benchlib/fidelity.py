@@ -220,6 +220,66 @@ def compare(schedules, tuning, fresh, fresh_again, tolerance=0.10):
     return out
 
 
+def paired_report(docs, first, second):
+    """Pair the repetitions of modes ``first`` and ``second`` over result sets; compare them.
+
+    The n-th timing of ``first`` in a run (``first``, ``first again``, ``first #3``...) is paired
+    with the n-th of ``second``: measured minutes apart in the same study. Per pair, over the
+    top schedules: the spread of log(mode / fresh), the Spearman quotient and the share within
+    the tolerance.
+
+    Parameters
+    ----------
+    docs : list of dict
+        Result sets of ``scripts/fidelity.py`` (``fidelity.json``).
+    first, second : str
+        Mode names.
+
+    Returns
+    -------
+    dict
+        ``pairs`` (each with ``run``, ``n`` and both modes' values) and ``summary``: pairs,
+        ``second_better_spread`` (count), ``spread_ratio_geomean`` (second / first),
+        ``wilcoxon_p`` (two-sided, on the log spread ratios), mean quotients and shares within.
+    """
+    from scipy.stats import wilcoxon
+
+    def reps(labels, mode):
+        return [lab for lab in labels if lab == mode or lab.startswith(mode + " ")]
+
+    pairs = []
+    for doc in docs:
+        for run in doc["runs"]:
+            by_label = {c["tuning"]: c["top"] for c in run["comparisons"]}
+            labels = list(by_label)
+            for a, b in zip(reps(labels, first), reps(labels, second)):
+                pairs.append(
+                    {
+                        "run": os.path.basename(run["work_dir"].rstrip("/")),
+                        "labels": [a, b],
+                        "spread": [by_label[a]["log_ratio_sd"], by_label[b]["log_ratio_sd"]],
+                        "quotient": [by_label[a]["spearman_ratio"], by_label[b]["spearman_ratio"]],
+                        "within": [by_label[a]["within"], by_label[b]["within"]],
+                    }
+                )
+    logs = [math.log(p["spread"][1] / p["spread"][0]) for p in pairs if all(p["spread"])]
+
+    def mean(key, i):
+        values = [p[key][i] for p in pairs if p[key][i] is not None]
+        return sum(values) / len(values) if values else None
+
+    summary = {
+        "modes": [first, second],
+        "pairs": len(pairs),
+        "second_better_spread": sum(x < 0 for x in logs),
+        "spread_ratio_geomean": math.exp(sum(logs) / len(logs)) if logs else None,
+        "wilcoxon_p": float(wilcoxon(logs).pvalue) if len(logs) >= 5 else None,
+        "quotient_mean": [mean("quotient", 0), mean("quotient", 1)],
+        "within_mean": [mean("within", 0), mean("within", 1)],
+    }
+    return {"pairs": pairs, "summary": summary}
+
+
 # --------------------------------------------------------------------------------------------
 # Measuring, one mode in a fresh process
 # --------------------------------------------------------------------------------------------
