@@ -155,17 +155,16 @@ def measure_again(mod, traces, calls):
     once (interleaved), with the tuning runner and the host target; None if one fails."""
     import numpy as np
     import tvm
-    from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
     from tvm.s_tir.meta_schedule.builder import BuilderInput
     from tvm.s_tir.meta_schedule.runner import RunnerInput
 
     from ms_droplet.builder import FastBuilder
-    from ms_droplet.measure import default_evaluator_config, result_run_secs
+    from ms_droplet.measure import default_runner, result_run_secs
     from ms_droplet.target import host_target
 
     target = host_target()
-    runner = ms.runner.LocalRunner(evaluator_config=default_evaluator_config())
+    runner = default_runner()
     mods = []
     for trace in traces:
         sch = tvm.s_tir.Schedule(mod)
