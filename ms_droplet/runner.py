@@ -139,15 +139,22 @@ class InterleavedRunner(PyRunner):
         self.evaluator_config = EvaluatorConfig._normalized(evaluator_config)
         self.f_alloc_argument = f_alloc_argument
         self.f_cleanup = f_cleanup
-        self.worker = PopenWorker(initializer=initializer)
-        # Measures a batch candidate by candidate when the batch's worker failed as a whole.
-        self.fallback = LocalRunner(
-            timeout_sec=timeout_sec,
-            evaluator_config=self.evaluator_config,
-            f_alloc_argument=f_alloc_argument,
-            f_cleanup=f_cleanup,
-            initializer=initializer,
-        )
+        self.initializer = initializer
+        self.worker = PopenWorker(initializer=initializer)  # its process starts at the first batch
+        self._fallback: LocalRunner | None = None
+
+    def fallback(self) -> LocalRunner:
+        """The ``LocalRunner`` (same settings) that measures a batch whose worker failed as a
+        whole, candidate by candidate; started the first time it is needed."""
+        if self._fallback is None:
+            self._fallback = LocalRunner(
+                timeout_sec=self.timeout_sec,
+                evaluator_config=self.evaluator_config,
+                f_alloc_argument=self.f_alloc_argument,
+                f_cleanup=self.f_cleanup,
+                initializer=self.initializer,
+            )
+        return self._fallback
 
     def run(self, runner_inputs: list[RunnerInput]) -> list[LocalRunnerFuture]:
         """Time ``runner_inputs`` in interleaved rounds; return one finished future each."""
@@ -172,7 +179,7 @@ class InterleavedRunner(PyRunner):
             # A crash or a hang of the whole batch (the worker was killed): one by one, so that
             # the candidate responsible fails alone.
             self.worker.kill()
-            return self.fallback.run(runner_inputs)
+            return self.fallback().run(runner_inputs)
         return [
             LocalRunnerFuture(res=times, error_message=None)
             if error is None

@@ -161,16 +161,24 @@ _JOB = textwrap.dedent(
     args = [ms.arg_info.ArgInfo.from_json(a) for a in json.loads(sys.argv[3])]
     result = runner.run([ms.runner.RunnerInput(sys.argv[2], "cpu", args)])[0].result()
     assert result.error_msg is None, result.error_msg
-    (worker,) = [
+    workers = [
         p for p in psutil.Process().children() if "popen_worker" in " ".join(p.cmdline())
     ]
-    with open(f"/proc/{worker.pid}/environ", "rb") as f:
-        env = dict(
-            item.decode().split("=", 1) for item in f.read().split(b"\\0") if b"=" in item
-        )
-    cpus = set()
-    for thread in worker.threads():
-        cpus |= os.sched_getaffinity(thread.id)
+    assert workers
+    envs = []
+    for worker in workers:
+        with open(f"/proc/{worker.pid}/environ", "rb") as f:
+            envs.append(dict(
+                item.decode().split("=", 1) for item in f.read().split(b"\\0") if b"=" in item
+            ))
+    env = envs[0]
+    assert all(
+        e.get(k) == env.get(k) for e in envs for k in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")
+    )
+    cpus = set()  # of every worker's threads: the one that ran the kernel among them
+    for worker in workers:
+        for thread in worker.threads():
+            cpus |= os.sched_getaffinity(thread.id)
     print(json.dumps({
         "env": {k: env.get(k) for k in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")},
         "worker_cpus": sorted(cpus),
