@@ -38,6 +38,7 @@ __all__ = [
     "DropletReport",
     "DropletSearch",
     "FastBuilder",
+    "InterleavedRunner",
     "KernelTuneResult",
     "ModelTuneResult",
     "STRATEGY_NAME",
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
     from .builder import FastBuilder
     from .kernel import CurvePoint, KernelTuneResult, tune_kernel
     from .relax import ModelTuneResult, pipeline_strategy, tune_model
+    from .runner import InterleavedRunner
     from .strategy import DropletReport, DropletSearch, default_exploration_trials
     from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
@@ -67,6 +69,7 @@ _LAZY = {
     "DropletSearch": "strategy",
     "default_exploration_trials": "strategy",
     "FastBuilder": "builder",
+    "InterleavedRunner": "runner",
     "CurvePoint": "kernel",
     "KernelTuneResult": "kernel",
     "tune_kernel": "kernel",

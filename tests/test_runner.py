@@ -115,6 +115,9 @@ def test_bad_timeout_is_refused():
 
 
 def test_the_default_runner_is_interleaved_with_the_default_evaluator():
+    import ms_droplet  # pylint: disable=import-outside-toplevel
+
     runner = default_runner()
     assert isinstance(runner, InterleavedRunner)
+    assert ms_droplet.InterleavedRunner is InterleavedRunner
     assert runner.evaluator_config == default_evaluator_config()
