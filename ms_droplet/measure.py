@@ -75,7 +75,7 @@ def default_runner(evaluator_config=None, *, ignore_ctrl_c=True):
     It takes :func:`default_evaluator_config`'s timings of every candidate in rounds over the
     batch instead of back to back (:class:`ms_droplet.runner.InterleavedRunner`): on the CPUs
     of ``docs/benchmarks/fidelity.md`` that cut the spread of a tuning number's error against
-    the same schedule timed in a fresh process to about two thirds, for about 1.07x the time.
+    the same schedule timed in a fresh process to about two thirds, for about 1.08x the time.
 
     Parameters
     ----------
