@@ -53,18 +53,31 @@ from tvm.s_tir.meta_schedule.runner.local_runner import (
 from tvm.s_tir.meta_schedule.utils import get_global_func_with_default_on_worker
 from tvm.support.popen_pool import PopenWorker
 
-__all__ = ["InterleavedRunner"]
+__all__ = ["InterleavedRunner", "time_in_rounds"]
 
 
-def _run_batch(
-    f_alloc_argument: str | None,
-    f_cleanup: str | None,
+def time_in_rounds(
+    f_alloc_argument: str | Callable | None,
+    f_cleanup: str | Callable | None,
     evaluator_config: EvaluatorConfig,
     inputs: list[tuple[str, str, tuple]],
 ) -> list[tuple[list[float] | None, str | None]]:
-    """In the worker: load every candidate, then time them in ``repeat`` rounds.
+    """Load every candidate, then time them in ``evaluator_config.repeat`` rounds.
 
-    Returns, per input, ``(timings, None)`` or ``(None, error message)``.
+    What :class:`InterleavedRunner`'s worker runs for a batch; callable in any process.
+
+    Parameters
+    ----------
+    f_alloc_argument, f_cleanup : str or callable or None
+        As in ``LocalRunner`` (``None``: its defaults).
+    evaluator_config : EvaluatorConfig
+    inputs : list of tuple
+        ``(artifact path, device type, args_info as JSON)`` per candidate.
+
+    Returns
+    -------
+    list of tuple
+        Per input, ``(timings in seconds, None)`` or ``(None, error message)``.
     """
     alloc = get_global_func_with_default_on_worker(f_alloc_argument, default_alloc_argument)
     cleanup = get_global_func_with_default_on_worker(f_cleanup, default_cleanup)
@@ -160,17 +173,10 @@ class InterleavedRunner(PyRunner):
         """Time ``runner_inputs`` in interleaved rounds; return one finished future each."""
         if not runner_inputs:
             return []
-        inputs = [
-            (
-                str(runner_input.artifact_path),
-                str(runner_input.device_type),
-                tuple(arg_info.as_json() for arg_info in runner_input.args_info),
-            )
-            for runner_input in runner_inputs
-        ]
+        inputs = batch_inputs(runner_inputs)
         try:
             self.worker.send(
-                _run_batch,
+                time_in_rounds,
                 (self.f_alloc_argument, self.f_cleanup, self.evaluator_config, inputs),
                 timeout=self.timeout_sec * len(inputs),
             )
@@ -180,11 +186,28 @@ class InterleavedRunner(PyRunner):
             # the candidate responsible fails alone.
             self.worker.kill()
             return self.fallback().run(runner_inputs)
-        return [
-            LocalRunnerFuture(res=times, error_message=None)
-            if error is None
-            else LocalRunnerFuture(
-                res=None, error_message="InterleavedRunner: An exception occurred\n" + error
-            )
-            for times, error in results
-        ]
+        return batch_futures(results)
+
+
+def batch_inputs(runner_inputs: list[RunnerInput]) -> list[tuple[str, str, tuple]]:
+    """``RunnerInput``s as :func:`time_in_rounds` takes them (picklable)."""
+    return [
+        (
+            str(runner_input.artifact_path),
+            str(runner_input.device_type),
+            tuple(arg_info.as_json() for arg_info in runner_input.args_info),
+        )
+        for runner_input in runner_inputs
+    ]
+
+
+def batch_futures(results: list[tuple[list[float] | None, str | None]]) -> list[LocalRunnerFuture]:
+    """:func:`time_in_rounds`' results as finished runner futures."""
+    return [
+        LocalRunnerFuture(res=times, error_message=None)
+        if error is None
+        else LocalRunnerFuture(
+            res=None, error_message="InterleavedRunner: An exception occurred\n" + error
+        )
+        for times, error in results
+    ]

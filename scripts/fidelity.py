@@ -19,8 +19,8 @@
 
 For each finished run (a ``work_dir``), takes its ``--top`` fastest distinct schedules and
 ``--sample`` others at random and times them in the modes of ``--plan``, each in a fresh
-process, one after the other (see :mod:`benchlib.fidelity`): ``runner`` (as tuning timed them:
-the tuning builder, ``LocalRunner``, batches of 16) and ``fresh`` (as deployed:
+process, one after the other (see :mod:`benchlib.fidelity`): ``runner`` (as tuning times them:
+the tuning builder, the package's default runner, batches of 16) and ``fresh`` (as deployed:
 ``tvm.compile``, one process, interleaved rounds of ``time_evaluator``). The default plan,
 ``runner,fresh,runner,fresh``, gives the tuning numbers' rank correlation with a fresh
 process against the fresh process's own with itself (the target:
@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -50,6 +51,7 @@ from benchlib.cli import parse_with_smoke
 from benchlib.env import describe, environment
 from benchlib.records import read_record_lines
 from benchlib.results import write_json, write_text
+from benchlib.runs import evaluator_settings
 
 MODES = {
     "runner": (
@@ -175,8 +177,8 @@ def parse_args(argv=None):
     )
     if args.child or args.list_modes or args.report:
         return args
-    names = [m for m in args.plan.split(",") + args.ablate.split(",") if m]
-    unknown = [m for m in names if m not in MODES]
+    args.modes = [m for m in args.plan.split(",") + args.ablate.split(",") if m]
+    unknown = [m for m in args.modes if m not in MODES]
     if unknown:
         parser.error(f"--plan/--ablate: unknown modes {unknown}; known: {sorted(MODES)}")
     plan = args.plan.split(",")
@@ -192,10 +194,10 @@ def parse_args(argv=None):
     return args
 
 
-def labelled_plan(plan, ablate, rounds):
-    """``(label, mode)`` per mode: the second of a name is "<name> again", ablations by name."""
+def labelled_plan(names, rounds):
+    """``(label, mode)`` per mode name: the second of a name is "<name> again", and so on."""
     out, seen = [], {}
-    for name in [m for m in plan.split(",") if m] + [m for m in ablate.split(",") if m]:
+    for name in names:
         seen[name] = seen.get(name, 0) + 1
         label = {1: name, 2: f"{name} again"}.get(seen[name], f"{name} #{seen[name]}")
         mode = dict(MODES[name][0], seed=len(out))
@@ -242,7 +244,7 @@ def study(work_dir, args, plan):
         seconds = time.perf_counter() - start
         for s, times in zip(schedules, samples):
             s["samples_us"][label] = times
-            s["us"][label] = _median(times)
+            s["us"][label] = statistics.median(times) if times else None
         modes.append({"label": label, **mode, "seconds": round(seconds, 1)})
     labels = [label for label, _ in plan]
     fresh_again = "fresh again" if "fresh again" in labels else None
@@ -258,14 +260,6 @@ def study(work_dir, args, plan):
         "schedules": schedules,
         "comparisons": comparisons,
     }
-
-
-def _median(values):
-    if not values:
-        return None
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 def _fmt(value, spec=".2f"):
@@ -392,9 +386,8 @@ def main(argv=None):
                 file=sys.stderr,
             )
             return 2
-    plan = labelled_plan(args.plan, args.ablate, args.rounds)
+    plan = labelled_plan(args.modes, args.rounds)
     runs = [study(w, args, plan) for w in work_dirs]
-    names = list(dict.fromkeys([m for m in (args.plan + "," + args.ablate).split(",") if m]))
     doc = {
         "setup": {
             "top": args.top,
@@ -403,8 +396,8 @@ def main(argv=None):
             "rounds": args.rounds,
             "tolerance": args.tolerance,
             "plan": [label for label, _ in plan],
-            "mode_names": names,
-            "runner_evaluator": fidelity.runner_defaults(),
+            "mode_names": list(dict.fromkeys(args.modes)),
+            "runner_evaluator": evaluator_settings(),
             "fresh_evaluator": dict(fidelity.FRESH_DEFAULTS, rounds=args.rounds),
             "tuning_batch": fidelity.TUNING_BATCH,
         },

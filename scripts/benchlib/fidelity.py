@@ -24,7 +24,8 @@ are timed in several *modes*, each in a fresh process of its own, one after the 
   package's default runner (:func:`ms_droplet.measure.default_runner`; ``"runner": "local"``:
   MetaSchedule's ``LocalRunner``, the default before) in batches of 16, each schedule once
   per runner call; its number is the mean of the call's samples, as the database records it.
-- ``interleaved``: the prototype of the default runner, in the measuring process itself.
+- ``interleaved``: the default runner's rounds in the measuring process itself (how its
+  prototype was measured).
 - ``fresh``: as deployed. Built with ``tvm.compile(sch.mod, target)`` (what a user does with
   ``compile_tir``'s schedule), all schedules loaded in one process and timed in interleaved
   rounds (A B C A B C ...) by ``time_evaluator``; its number is the median over rounds.
@@ -41,11 +42,14 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
 
+from .kernels import random_arrays
 from .records import read_record_lines
+from .runs import evaluator_settings
 
 FIDELITY_SCRIPT = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fidelity.py"
@@ -146,16 +150,11 @@ def within(ratios, tolerance):
 
 
 def _sd(values):
-    if len(values) < 2:
-        return None
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) >= 2 else None
 
 
 def _geomean(values):
-    if not values:
-        return None
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    return statistics.geometric_mean(values) if values else None
 
 
 def compare(schedules, tuning, fresh, fresh_again, tolerance=0.10):
@@ -272,7 +271,7 @@ def paired_report(docs, first, second):
         "modes": [first, second],
         "pairs": len(pairs),
         "second_better_spread": sum(x < 0 for x in logs),
-        "spread_ratio_geomean": math.exp(sum(logs) / len(logs)) if logs else None,
+        "spread_ratio_geomean": math.exp(statistics.fmean(logs)) if logs else None,
         "wilcoxon_p": float(wilcoxon(logs).pvalue) if len(logs) >= 5 else None,
         "quotient_mean": [mean("quotient", 0), mean("quotient", 1)],
         "within_mean": [mean("within", 0), mean("within", 1)],
@@ -284,21 +283,8 @@ def paired_report(docs, first, second):
 # Measuring, one mode in a fresh process
 # --------------------------------------------------------------------------------------------
 
-RUNNER_DEFAULTS = {"number": 3, "repeat": 3, "min_repeat_ms": 20, "enable_cpu_cache_flush": False}
-"""The evaluator of the ``runner`` mode unless a mode says otherwise (the package's default,
-:func:`ms_droplet.measure.default_evaluator_config`, when this file was written; the script
-records the values it used)."""
-
 FRESH_DEFAULTS = {"number": 10, "min_repeat_ms": 50, "rounds": 10}
 """The ``fresh`` mode's ``time_evaluator(number, repeat=1, min_repeat_ms)`` and rounds."""
-
-
-def runner_defaults():
-    """``RUNNER_DEFAULTS`` as the package's default evaluator has them now."""
-    from ms_droplet.measure import default_evaluator_config
-
-    config = default_evaluator_config()
-    return {k: getattr(config, k) for k in RUNNER_DEFAULTS}
 
 
 def measure_mode(work_dir, lines, mode, timeout=1800):
@@ -310,7 +296,9 @@ def measure_mode(work_dir, lines, mode, timeout=1800):
     lines : list of int
         Indices of record lines of its ``database_tuning_record.json``.
     mode : dict
-        ``kind`` (``"runner"`` or ``"fresh"``) and its settings: ``evaluator`` (runner),
+        ``kind`` (``"runner"``, ``"interleaved"`` or ``"fresh"``) and its settings:
+        ``evaluator`` (runner, interleaved), ``runner`` (``"local"``: ``LocalRunner``, with
+        ``alloc_repeat``),
         ``number``/``min_repeat_ms``/``rounds`` (fresh), ``env`` (variables set for the
         process), ``load`` (busy processes running beside the measurement), ``fill``
         (``"uniform"``: floats in [-1, 1); ``"measure"``: TVM's ``random_fill_for_measure``,
@@ -375,20 +363,17 @@ def _schedules(work_dir, lines):
 
 
 def _fill(arrays_info, dev, fill, rng):
-    """Arguments for ``arrays_info`` (``ArgInfo``) on ``dev``, filled as ``fill`` says."""
+    """Arguments for ``arrays_info`` (``ArgInfo``) on ``dev``: ``"uniform"``, the benchmarks'
+    rule (:func:`benchlib.kernels.random_arrays`), or ``"measure"``, as the runner fills them."""
     import tvm
 
+    if fill != "measure":
+        return [tvm.runtime.tensor(a, dev) for a in random_arrays(arrays_info, rng)]
+    fill_for_measure = tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")
     args = []
     for info in arrays_info:
-        shape = [int(x) for x in info.shape]
-        dtype = str(info.dtype)
-        if fill == "measure":
-            arr = tvm.runtime.empty(shape, dtype, dev)
-            tvm.get_global_func("tvm.contrib.random.random_fill_for_measure")(arr)
-        elif "int" in dtype:
-            arr = tvm.runtime.tensor(rng.integers(-4, 4, size=shape).astype(dtype), dev)
-        else:
-            arr = tvm.runtime.tensor(rng.uniform(-1, 1, size=shape).astype(dtype), dev)
+        arr = tvm.runtime.empty([int(x) for x in info.shape], str(info.dtype), dev)
+        fill_for_measure(arr)
         args.append(arr)
     return args
 
@@ -399,28 +384,52 @@ def _order(n, seed):
     return order
 
 
-def _run_runner(mods, target, mode):
-    """``runner`` mode: the tuning builder and the runner, batches of 16, ``calls`` times."""
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm.s_tir.meta_schedule.builder import BuilderInput
-    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
+class _RoundsHere:
+    """The ``interleaved`` mode's runner: :class:`ms_droplet.runner.InterleavedRunner`'s rounds
+    (:func:`ms_droplet.runner.time_in_rounds`) run in the measuring process itself, as the
+    prototype did before the runner existed."""
 
-    from ms_droplet.builder import FastBuilder
-    from ms_droplet.measure import default_runner, result_run_secs
+    def __init__(self, evaluator):
+        self.evaluator = evaluator
 
-    evaluator = EvaluatorConfig(**dict(runner_defaults(), **(mode.get("evaluator") or {})))
+    def run(self, runner_inputs):
+        from ms_droplet.runner import batch_futures, batch_inputs, time_in_rounds
+
+        inputs = batch_inputs(runner_inputs)
+        return batch_futures(time_in_rounds(None, None, self.evaluator, inputs))
+
+
+def _mode_runner(mode, evaluator):
+    """The runner of a ``runner`` or ``interleaved`` mode."""
+    from ms_droplet.measure import default_runner
+
+    if mode["kind"] == "interleaved":
+        return _RoundsHere(evaluator)
     if mode.get("runner") == "local":
         from tvm.s_tir.meta_schedule.runner import LocalRunner
 
         from ms_droplet.interrupt import ignore_interrupts
 
-        runner = LocalRunner(
+        return LocalRunner(
             evaluator_config=evaluator,
             alloc_repeat=int(mode.get("alloc_repeat", 1)),
             initializer=ignore_interrupts,
         )
-    else:
-        runner = default_runner(evaluator)
+    return default_runner(evaluator)
+
+
+def _run_runner(mods, target, mode):
+    """``runner`` and ``interleaved`` modes: the tuning builder and the mode's runner, batches of
+    16, ``calls`` times; a schedule's number per call is the mean of its timings."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
+
+    from ms_droplet.builder import FastBuilder
+    from ms_droplet.measure import result_run_secs
+
+    evaluator = EvaluatorConfig(**dict(evaluator_settings(), **(mode.get("evaluator") or {})))
+    runner = _mode_runner(mode, evaluator)
     device = "cuda" if target.kind.name == "cuda" else "cpu"
     samples: list[list[float]] = [[] for _ in mods]
     with FastBuilder() as builder:
@@ -439,53 +448,6 @@ def _run_runner(mods, target, mode):
                     secs = result_run_secs(future.result())
                     if secs:
                         samples[i].append(1e6 * sum(secs) / len(secs))
-    return samples
-
-
-def _run_interleaved(mods, target, mode):
-    """``interleaved`` mode: the runner's budget spent in rounds over each batch.
-
-    Per batch of 16 (as tuning sends them), every schedule is built by the tuning builder,
-    loaded and given its arguments; then ``repeat`` rounds time each once (``number``, grown to
-    ``min_repeat_ms``), A B C ... A B C ...: the same timings per schedule as the runner takes,
-    spread over the batch's time instead of taken back to back. Its number is their mean.
-    """
-    import numpy as np
-    import tvm
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm.s_tir.meta_schedule.builder import BuilderInput
-
-    from ms_droplet.builder import FastBuilder
-
-    evaluator = dict(runner_defaults(), **(mode.get("evaluator") or {}))
-    dev = tvm.cuda(0) if target.kind.name == "cuda" else tvm.cpu()
-    rng = np.random.default_rng(0)
-    samples: list[list[float]] = [[] for _ in mods]
-    order = _order(len(mods), int(mode.get("seed", 0)))
-    with FastBuilder() as builder:
-        for start in range(0, len(order), TUNING_BATCH):
-            batch = order[start : start + TUNING_BATCH]
-            built = builder.build([BuilderInput(mods[i], target) for i in batch])
-            timers = []
-            for i, b in zip(batch, built):
-                if b.error_msg is not None:
-                    continue
-                lib = tvm.runtime.load_module(b.artifact_path)
-                info = ArgInfo.from_entry_func(mods[i], remove_preproc=True)
-                func = lib.time_evaluator(
-                    lib.entry_name,
-                    dev,
-                    number=evaluator["number"],
-                    repeat=1,
-                    min_repeat_ms=evaluator["min_repeat_ms"],
-                )
-                timers.append((i, func, _fill(info, dev, mode.get("fill", "measure"), rng)))
-            times: dict[int, list[float]] = {i: [] for i, _, _ in timers}
-            for _ in range(int(evaluator["repeat"])):
-                for i, func, args in timers:
-                    times[i].append(func(*args).mean)
-            for i, secs in times.items():
-                samples[i].append(1e6 * sum(secs) / len(secs))
     return samples
 
 
@@ -550,8 +512,7 @@ def child_main(spec_path):
 
     mode = spec["mode"]
     mods, target = _schedules(spec["work_dir"], spec["lines"])
-    runs = {"runner": _run_runner, "interleaved": _run_interleaved, "fresh": _run_fresh}
-    run = runs[mode["kind"]]
+    run = _run_fresh if mode["kind"] == "fresh" else _run_runner
     samples = run(mods, target, mode)
     with open(spec_path + ".out", "w", encoding="utf-8") as f:
         json.dump(samples, f)

@@ -52,8 +52,23 @@ def random_args(func, rng):
     """
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
+    return random_arrays(ArgInfo.from_prim_func(func), rng)
+
+
+def random_arrays(infos, rng):
+    """Random arrays for ``ArgInfo``s, by :func:`random_args`'s rule.
+
+    Parameters
+    ----------
+    infos : sequence of tvm.s_tir.meta_schedule.arg_info.TensorInfo
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    list of numpy.ndarray
+    """
     arrays = []
-    for info in ArgInfo.from_prim_func(func):
+    for info in infos:
         shape = [int(x) for x in info.shape]
         dtype = str(info.dtype)
         if "int" in dtype:
