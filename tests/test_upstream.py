@@ -72,11 +72,23 @@ def test_generated_modules_follow_the_package(gen):
         compile(src, name, "exec")
 
 
-def test_patch_applies_to_the_installed_wheel(gen, patch_text, tmp_path):
+def _applied(gen, tmp_path, text, name):
+    """A copy of the installed wheel's tree with the patch ``text`` (saved as ``name``) applied."""
     tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
-    patch = tmp_path / "droplet.patch"
-    patch.write_text(patch_text)
+    patch = tmp_path / name
+    patch.write_text(text)
     gen.apply_patch(patch, tree)
+    return tree
+
+
+def _fix_patch_touches_only(text, files):
+    """A fix patch changes exactly ``files`` and says nothing of this package."""
+    assert set(re.findall(r"^\+\+\+ b/(\S+)", text, re.M)) == files
+    assert "ms_droplet" not in text
+
+
+def test_patch_applies_to_the_installed_wheel(gen, patch_text, tmp_path):
+    tree = _applied(gen, tmp_path, patch_text, "droplet.patch")
     ss = tree / "python/tvm/s_tir/meta_schedule/search_strategy"
     assert (ss / "droplet.py").is_file()
     assert 'if kind == "droplet":' in (ss / "search_strategy.py").read_text()
@@ -104,15 +116,14 @@ def test_writes_the_patch_file(tmp_path):
 def test_logging_patch_applies_and_fixes_create_loggers(gen, tmp_path):
     """Its own patch: logging.py keeps foreign handlers; a new TVM test; nothing else."""
     text = gen.make_logging_patch()
-    assert set(re.findall(r"^\+\+\+ b/(\S+)", text, re.M)) == {
-        "python/tvm/s_tir/meta_schedule/logging.py",
-        "tests/python/s_tir/meta_schedule/test_meta_schedule_logging.py",
-    }
-    assert "ms_droplet" not in text
-    tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
-    patch = tmp_path / "logging.patch"
-    patch.write_text(text)
-    gen.apply_patch(patch, tree)
+    _fix_patch_touches_only(
+        text,
+        {
+            "python/tvm/s_tir/meta_schedule/logging.py",
+            "tests/python/s_tir/meta_schedule/test_meta_schedule_logging.py",
+        },
+    )
+    tree = _applied(gen, tmp_path, text, "logging.patch")
     fixed = (tree / "python/tvm/s_tir/meta_schedule/logging.py").read_text()
     assert "handler.get_name() for handler in global_logger.handlers" not in fixed
     assert "global_logger.addHandler(handler)" in fixed
@@ -121,18 +132,17 @@ def test_logging_patch_applies_and_fixes_create_loggers(gen, tmp_path):
 def test_builder_patch_imports_tensor_intrin_only_when_needed(gen, tmp_path):
     """Its own patch: default_build imports the tensor intrinsics on demand; a new TVM test."""
     text = gen.make_builder_patch()
-    assert set(re.findall(r"^\+\+\+ b/(\S+)", text, re.M)) == {
-        "python/tvm/s_tir/meta_schedule/builder/local_builder.py",
-        "tests/python/s_tir/meta_schedule/test_meta_schedule_builder_tensor_intrin.py",
-    }
-    assert "ms_droplet" not in text
+    _fix_patch_touches_only(
+        text,
+        {
+            "python/tvm/s_tir/meta_schedule/builder/local_builder.py",
+            "tests/python/s_tir/meta_schedule/test_meta_schedule_builder_tensor_intrin.py",
+        },
+    )
     # The unconditional import is gone; the lazy one names the compiler's two consumers.
     assert "-    import tvm.s_tir.tensor_intrin  # pylint: disable=unused-import" in text
     assert '+_TENSOR_INTRIN_CONSUMERS = ("tirx.mma_store", "m16n8k8.matrix")' in text
-    tree = gen.build_tree(gen._installed_tvm(), tmp_path / "tvm")
-    patch = tmp_path / "builder.patch"
-    patch.write_text(text)
-    gen.apply_patch(patch, tree)
+    tree = _applied(gen, tmp_path, text, "builder.patch")
     fixed = (tree / "python/tvm/s_tir/meta_schedule/builder/local_builder.py").read_text()
     compile(fixed, "local_builder.py", "exec")
     start = fixed.index('@register_global_func("s_tir.meta_schedule.builder.default_build")')
