@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -193,7 +194,6 @@ class TrialMonitor:
         self.trials = 0
         self.best = math.inf
         self.curve: list[CurvePoint] = []
-        self.failures: dict[str, int] = {}  # cause -> failed candidates
         self.start = time.perf_counter()
         self.bar = tqdm(total=total, unit="trial", disable=not progress, file=sys.stderr)
         phase_of = phase_of or (lambda _task_id: None)
@@ -226,14 +226,17 @@ class TrialMonitor:
                 failure = classify_failure(built.error_msg, "build")
             else:
                 failure = classify_failure(result.error_msg, "run")
-            if failure is not None:
-                self.failures[failure] = self.failures.get(failure, 0) + 1
             self.trials += 1
             best = self.best if math.isfinite(self.best) else None
             self.curve.append(CurvePoint(self.trials, wall, secs, best, phase, failure))
         self.bar.update(len(runner_results))
         if math.isfinite(self.best):
             self.bar.set_postfix_str(f"best {self.best * 1e6:.2f} us")
+
+    @property
+    def failures(self) -> dict[str, int]:
+        """Failed candidates by cause, in the order the causes first appeared (from the curve)."""
+        return dict(Counter(point.failure for point in self.curve if point.failure is not None))
 
     def close(self) -> None:
         """Close the progress bar."""
