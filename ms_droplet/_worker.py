@@ -96,7 +96,17 @@ def _worker_main(fd: int) -> None:
             return
 
 
-@dataclass
+def worker_env() -> dict[str, str]:
+    """This process's environment for a new worker, with this package's root first on
+    ``PYTHONPATH`` (the worker imports ``ms_droplet._worker`` before it gets ``sys.path``)."""
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [package_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return env
+
+
 @dataclass
 class _Outcome:
     """What one request to a worker came to."""

@@ -76,7 +76,7 @@ from tvm.s_tir.meta_schedule.builder import BuilderInput, BuilderResult, PyBuild
 from tvm.s_tir.meta_schedule.logging import get_logger
 from tvm.target import Target
 
-from ._worker import _Worker
+from ._worker import _Worker, worker_env
 
 __all__ = ["FastBuilder", "default_build"]
 
@@ -204,11 +204,7 @@ class _WorkerPool:
         self.stats = dict.fromkeys(
             ("workers_started", "builds", "timeouts", "crashes", "recycled", "intrin_imports"), 0
         )
-        package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join(
-            [package_root] + [p for p in self.env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        )
+        self.env = worker_env()
         self.lock = threading.Lock()
         self.closed = False
         self.workers: set[_Worker] = set()

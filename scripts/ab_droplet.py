@@ -46,9 +46,15 @@ runs start first.
 
 ``--work-root DIR`` keeps every run under DIR with fixed names; a second invocation with the
 same arguments skips the runs and timings already done (a killed run is tuned again from
-scratch), so an A/B can span several time-limited calls.
+scratch), so an A/B can span several time-limited calls. The work root keeps the environment
+record of the machine that tunes (``environment.json``, written by its first invocation).
+``--collect`` with the same arguments starts nothing: it writes the result file from the runs
+and timings done so far (for an A/B whose machine was taken back before the end), with that
+record; the pairs not done are named.
 
-Results: ``<out>/ab_droplet.json`` and a table on stdout; ``--smoke`` runs one tiny pair (CI).
+Results: ``<out>/ab_droplet.json`` (per run: the re-measured winner, the tuning time, the
+best-so-far curve as ``[trials, seconds, best us]`` per batch, and droplet's report) and a table
+on stdout; ``--smoke`` runs one tiny pair (CI).
 """
 
 from __future__ import annotations
@@ -105,6 +111,11 @@ def parse_args(argv=None):
         "folder under --out)",
     )
     parser.add_argument(
+        "--collect",
+        action="store_true",
+        help="with --work-root: start nothing, write the results of the runs done there",
+    )
+    parser.add_argument(
         "--report",
         nargs="+",
         metavar="JSON",
@@ -115,6 +126,8 @@ def parse_args(argv=None):
     smoke = {"kernels": "GMM:0", "seeds": "1", "trials": 24, "trials_per_iter": 8, "rounds": 3}
     smoke_help = "GMM:0, one seed, 24 trials, one job (for CI)"
     args = parse_with_smoke(parser, argv, smoke_help, **smoke, jobs=1, cores=1)
+    if args.collect and not args.work_root:
+        parser.error("--collect needs --work-root: the folder of the runs to collect")
     if not 0 <= args.shared_exploration < args.trials:
         parser.error(
             f"--shared-exploration must be in [0, --trials), got {args.shared_exploration} "
@@ -193,7 +206,12 @@ def tune_one_main(path):
         cost_model=cost_model,
     )
     with open(path + ".out", "w", encoding="utf-8") as f:
-        json.dump({"tuning_s": wall, "trials_used": curve.trials, "reports": reports}, f)
+        points = [
+            [trials, secs, best if math.isfinite(best) else None]
+            for trials, secs, best in curve.points
+        ]
+        done = {"tuning_s": wall, "trials_used": curve.trials, "curve": points, "reports": reports}
+        json.dump(done, f)
 
 
 def _wilcoxon_p(ratios):
@@ -305,6 +323,18 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         os.makedirs(runs_dir, exist_ok=True)
     else:
         runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
+    from ms_droplet.target import host_target
+
+    env_path = os.path.join(runs_dir, "environment.json")
+    if os.path.exists(env_path):  # the machine that tuned (a first invocation wrote it)
+        with open(env_path, encoding="utf-8") as f:
+            tuned_on = json.load(f)
+    elif args.collect:
+        sys.exit(f"--collect: {env_path} is missing: no invocation tuned in --work-root")
+    else:
+        tuned_on = environment(host_target(num_cores=args.cores))
+        with open(env_path, "w", encoding="utf-8") as f:
+            json.dump(tuned_on, f, indent=1)
     seeds = [int(s) for s in args.seeds.split(",")]
     kernels = args.kernels.split(",")
     names = list(args.variants)
@@ -393,6 +423,10 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                     finished(kind, key, spec, json.load(f))
                 print(f"{time.perf_counter() - start:7.1f} s  {kind} {key} done before", flush=True)
                 continue
+            if args.collect:  # not done: left out of the results
+                finished(kind, key, spec, None)
+                print(f"{time.perf_counter() - start:7.1f} s  {kind} {key} not done", flush=True)
+                continue
             if kind == "time":
                 command = fresh_command(path)
             else:
@@ -434,7 +468,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
             for variant, fields in zip(names, measured):
                 key = (kernel, seed, variant)
                 entry = {"kernel": kernel, "seed": seed, "variant": variant, **fields}
-                for field in ("tuning_s", "trials_used", "reports"):
+                for field in ("tuning_s", "trials_used", "curve", "reports"):
                     entry[field] = runs.get(key, {}).get(field)
                 results.append(entry)
                 rep = (entry["reports"] or [{}])[0]
@@ -473,11 +507,11 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 "ratios": ratios,
             }
     print(json.dumps(summary, indent=1))
-    from ms_droplet.target import host_target
-
     doc = {"args": vars(args), "setup": run_settings(args), "results": results, "summary": summary}
-    env = environment(host_target(num_cores=args.cores))
-    write_json(os.path.join(args.out, "ab_droplet.json"), doc, env)
+    if args.collect:  # the record is the tuning machine's; say when and where it was collected
+        here = environment(host_target(num_cores=args.cores))
+        doc["collected"] = {k: here[k] for k in ("date", "command", "commit", "cpu")}
+    write_json(os.path.join(args.out, "ab_droplet.json"), doc, tuned_on)
     bad = [r for r in results if not r.get("median_us") or r.get("correct") is not True]
     if args.work_root:
         print(f"runs kept in {runs_dir}")

@@ -161,8 +161,9 @@ _JOB = textwrap.dedent(
     args = [ms.arg_info.ArgInfo.from_json(a) for a in json.loads(sys.argv[3])]
     result = runner.run([ms.runner.RunnerInput(sys.argv[2], "cpu", args)])[0].result()
     assert result.error_msg is None, result.error_msg
-    workers = [
-        p for p in psutil.Process().children() if "popen_worker" in " ".join(p.cmdline())
+    workers = [  # InterleavedRunner's worker (and any LocalRunner's, TVM's popen_worker)
+        p for p in psutil.Process().children()
+        if any(m in " ".join(p.cmdline()) for m in ("ms_droplet._worker", "popen_worker"))
     ]
     assert workers
     envs = []

@@ -25,9 +25,10 @@ from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
 
+from ms_droplet._state import RUNNER_TIMEOUT, classify_failure
 from ms_droplet.builder import FastBuilder
 from ms_droplet.measure import default_evaluator_config, default_runner, valid_run_secs
-from ms_droplet.runner import InterleavedRunner
+from ms_droplet.runner import InterleavedRunner, batch_inputs, time_in_rounds
 
 FAST = EvaluatorConfig(number=2, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=False)
 
@@ -100,13 +101,102 @@ _exit_for_the_32_wide.__module__ = "__main__"
 def test_a_candidate_that_kills_the_worker_fails_alone(built):
     runner = InterleavedRunner(evaluator_config=FAST, f_alloc_argument=_exit_for_the_32_wide)
     results = [f.result() for f in runner.run(built)]
-    # The batch's worker died; measured again one by one, only the culprit fails.
+    # Its worker died in the candidate's first call: the candidate fails alone.
     assert results[1].run_secs is None and results[1].error_msg
     assert len(valid_run_secs(results[0].run_secs)) == 3
     assert len(valid_run_secs(results[2].run_secs)) == 3
     # The worker is started again for the next batch.
     again = _times(runner.run([built[0], built[2]]))
     assert [len(t) for t in again] == [3, 3]
+
+
+def _sleep_for_the_32_wide(device, args_info, alloc_repeat):
+    """An ``f_alloc_argument`` that hangs (a minute) for the 32-wide matmul."""
+    import time  # pylint: disable=import-outside-toplevel
+
+    from tvm.s_tir.meta_schedule.runner.local_runner import (  # pylint: disable=import-outside-toplevel
+        default_alloc_argument,
+    )
+
+    if list(args_info[0][2]) == [32, 32]:
+        time.sleep(60)
+    return default_alloc_argument(device, args_info, alloc_repeat)
+
+
+def _exit_for_the_32_wide_second_time(marker, device, args_info, alloc_repeat):
+    """An ``f_alloc_argument`` that kills its worker for the 32-wide matmul once ``marker``
+    exists, and makes it on the first such call: the first call passes, the timings crash."""
+    import os  # pylint: disable=import-outside-toplevel
+
+    from tvm.s_tir.meta_schedule.runner.local_runner import (  # pylint: disable=import-outside-toplevel
+        default_alloc_argument,
+    )
+
+    if list(args_info[0][2]) == [32, 32]:
+        if os.path.exists(marker):
+            os._exit(3)
+        open(marker, "w").close()  # noqa: SIM115
+    return default_alloc_argument(device, args_info, alloc_repeat)
+
+
+_sleep_for_the_32_wide.__module__ = "__main__"
+_exit_for_the_32_wide_second_time.__module__ = "__main__"
+
+
+def test_a_hanging_candidate_is_killed_after_timeout_sec_alone(built):
+    runner = InterleavedRunner(
+        timeout_sec=8, evaluator_config=FAST, f_alloc_argument=_sleep_for_the_32_wide
+    )
+    results = [f.result() for f in runner.run(built)]
+    assert results[1].run_secs is None
+    assert results[1].error_msg.startswith(
+        "InterleavedRunner: Timeout, killed after 8 seconds in its first call"
+    )
+    assert classify_failure(results[1].error_msg) == RUNNER_TIMEOUT
+    assert len(valid_run_secs(results[0].run_secs)) == 3
+    assert len(valid_run_secs(results[2].run_secs)) == 3
+
+
+def test_a_candidate_whose_timings_would_run_past_the_limit_fails_untimed(built):
+    # Three timings of at least 1 s each cannot fit in 2 s: known after one call, so no
+    # candidate is timed at all.
+    slow = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=1000, enable_cpu_cache_flush=False)
+    results = [
+        f.result() for f in InterleavedRunner(timeout_sec=2, evaluator_config=slow).run(built)
+    ]
+    for result in results:
+        assert result.run_secs is None
+        assert result.error_msg.startswith("InterleavedRunner: Timeout: its first call took ")
+        assert "so its timings would run past timeout_sec=2\n" in result.error_msg
+        assert classify_failure(result.error_msg) == RUNNER_TIMEOUT
+
+
+def test_timings_past_the_limit_stop_after_the_round(built):
+    inputs = batch_inputs(built)
+    results = time_in_rounds(None, None, FAST, inputs, timeout_sec=1e-9)
+    for (times, error), item in zip(results, inputs):
+        assert times is None
+        assert error.startswith("Timeout: its timings took ")
+        assert error.splitlines()[0].endswith("after 1 of 3 rounds")
+        assert error.splitlines()[1] == item[0]
+    assert [len(t) for t, _ in time_in_rounds(None, None, FAST, inputs)] == [3, 3, 3]
+
+
+def test_a_worker_that_dies_in_the_rounds_falls_back_to_one_by_one(built, tmp_path):
+    import functools  # pylint: disable=import-outside-toplevel
+
+    alloc = functools.partial(_exit_for_the_32_wide_second_time, str(tmp_path / "seen"))
+    results = [
+        f.result()
+        for f in InterleavedRunner(evaluator_config=FAST, f_alloc_argument=alloc).run(built)
+    ]
+    # Its first call passed; the rounds' worker died; LocalRunner measured the batch again
+    # one by one, where the 32-wide killed its own worker only.
+    assert (tmp_path / "seen").exists()
+    assert results[1].run_secs is None and results[1].error_msg
+    assert not results[1].error_msg.startswith("InterleavedRunner")
+    assert len(valid_run_secs(results[0].run_secs)) == 3
+    assert len(valid_run_secs(results[2].run_secs)) == 3
 
 
 def test_bad_timeout_is_refused():
