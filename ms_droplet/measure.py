@@ -83,7 +83,10 @@ def default_runner(evaluator_config=None, *, ignore_ctrl_c=True):
         Default :func:`default_evaluator_config`.
     ignore_ctrl_c : bool
         The worker processes ignore Ctrl-C, so that the tuning process stops after the batch
-        in flight (see :mod:`ms_droplet.interrupt`); False leaves MetaSchedule's behaviour.
+        in flight (see :mod:`ms_droplet.interrupt`); False leaves MetaSchedule's behaviour to
+        the workers of the ``LocalRunner`` that measures a failed batch one by one. The
+        runner's own worker never sees Ctrl-C (it runs in a session of its own); a Ctrl-C that
+        interrupts the runner in the tuning process kills it.
 
     :func:`respect_cpu_affinity` runs first: the workers inherit the environment when they
     are spawned.

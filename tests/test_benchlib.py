@@ -296,6 +296,7 @@ def test_run_settings_and_evaluator_settings():
         [1, 2],
         ["GMM:0", "C2D:1"],
     )
+    assert settings["runner"] == "ms_droplet.runner.InterleavedRunner"
 
 
 def test_parse_with_smoke():
@@ -410,3 +411,15 @@ def test_paired_report_pairs_repetitions_in_order():
     assert summary["spread_ratio_geomean"] == pytest.approx((0.5 * 0.5 * 2.0) ** (1 / 3))
     assert summary["wilcoxon_p"] is not None
     assert summary["quotient_mean"] == [pytest.approx(0.9), pytest.approx(0.9)]
+
+
+def test_paired_report_without_a_second_fresh_process():
+    # A plan with one fresh process has no Spearman quotient: the pairs still compare.
+    comps = [
+        {"tuning": label, "top": {"log_ratio_sd": sd, "within": 0.9}}
+        for label, sd in (("a", 0.2), ("b", 0.1))
+    ]
+    got = fidelity.paired_report([{"runs": [{"work_dir": "r", "comparisons": comps}]}], "a", "b")
+    assert got["pairs"][0]["quotient"] == [None, None]
+    assert got["summary"]["quotient_mean"] == [None, None]
+    assert got["summary"]["second_better_spread"] == 1

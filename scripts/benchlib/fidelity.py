@@ -257,7 +257,11 @@ def paired_report(docs, first, second):
                         "run": os.path.basename(run["work_dir"].rstrip("/")),
                         "labels": [a, b],
                         "spread": [by_label[a]["log_ratio_sd"], by_label[b]["log_ratio_sd"]],
-                        "quotient": [by_label[a]["spearman_ratio"], by_label[b]["spearman_ratio"]],
+                        # No quotient without a second fresh process in the plan.
+                        "quotient": [
+                            by_label[a].get("spearman_ratio"),
+                            by_label[b].get("spearman_ratio"),
+                        ],
                         "within": [by_label[a]["within"], by_label[b]["within"]],
                     }
                 )

@@ -177,12 +177,17 @@ def run_settings(args):
     Returns
     -------
     dict
-        ``evaluator_config``, ``builder``, ``budget_T``, ``trials_per_iter``, ``seeds``,
-        ``kernels``, ``rounds``.
+        ``evaluator_config``, ``builder``, ``runner`` (the class of
+        ``ms_droplet.measure.default_runner()``, which :func:`tune_one` uses), ``budget_T``,
+        ``trials_per_iter``, ``seeds``, ``kernels``, ``rounds``.
     """
+    from ms_droplet.measure import default_runner
+
+    runner = type(default_runner())
     return {
         "evaluator_config": evaluator_settings(),
         "builder": "ms_droplet.builder.FastBuilder",
+        "runner": f"{runner.__module__}.{runner.__name__}",
         "budget_T": args.trials,
         "trials_per_iter": args.trials_per_iter,
         "seeds": [int(s) for s in args.seeds.split(",")],
