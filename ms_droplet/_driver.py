@@ -33,7 +33,7 @@ from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
 
 from ._descent import DescentConfig, DescentCore, Move, Vector
 from ._options import DropletOptions
-from ._state import Batch, RunState
+from ._state import Batch, DescentRun, RunState
 from ._trace import TraceSpace
 
 
@@ -106,7 +106,7 @@ class DescentDriver:
         # core then gets none and measures it again beside its first neighbors.
         again = self._options.remeasure_start and bool(start_samples)
         run.start_known = (start, list(start_samples)) if again else None
-        ranked_order = self._options.rank_neighbors
+        ranked_order = self._options.rank_neighbors or self._options.screen > 0
         run.core = DescentCore(
             start,
             [] if again else start_samples,
@@ -120,12 +120,108 @@ class DescentDriver:
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
             + (" (no descent began or ended there before)" if state.counts.restarts else "")
-            + ("; measuring it again" if again else ""),
+            + ("; measuring it again" if again else "")
+            + (
+                f"; screening {self._options.screen} neighbors per incumbent with the cost model"
+                if self._options.screen
+                else ""
+            ),
             state.counts.exploration,
             source,
             fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
             len(start),
         )
+
+    def kick(self, state: RunState) -> bool:
+        """After a descent ended at a local optimum: begin the next descent from a jump away
+        from the best optimum so far (iterated local search), unless ``kicks`` kicks in a row
+        found no better optimum. Returns False when there is no kick to make (a restart may
+        follow)."""
+        run, options = state.descent, self._options
+        core = run.core
+        if not options.kicks or core is None or run.space is None or not core.incumbent_samples:
+            return False
+        if not (core.stop_reason or "").startswith("local optimum"):
+            return False
+        mean = float(np.mean(core.incumbent_samples))
+        if state.best_optimum is None or mean < state.best_optimum[0]:
+            state.best_optimum = (mean, core.incumbent, run.space)
+            state.kicks_since_best = 0
+        if state.kicks_since_best >= options.kicks:
+            return False
+        best_mean, base, space = state.best_optimum
+        jumps = self._jumps(state, base, space)
+        kicked = DescentRun()
+        kicked.started, kicked.space = True, space
+        state.descent = kicked
+        tic = time.perf_counter()
+        scores = self._rank(state, jumps)
+        if scores is None:  # no model: the first jump that builds and was never measured
+            scores = []
+            for vector in jumps:
+                built = self._replay(state, vector, reject=False) is not None
+                fresh = built and not state.pool.knows(kicked.hash_of.get(vector))
+                scores.append(0.0 if fresh else None)
+                if fresh:
+                    break
+        state.search_secs += time.perf_counter() - tic
+        # Never a schedule measured before (known by its module, once replayed), nor one that
+        # does not build.
+        fresh = [
+            (score, n)
+            for n, score in enumerate(scores)
+            if score is not None
+            and math.isfinite(score)
+            and not state.pool.knows(kicked.hash_of.get(jumps[n]))
+        ]
+        if not fresh:
+            self._logger.info("droplet: no kick: none of %d jumps is new and builds", len(jumps))
+            state.descent = run  # the ended descent, for the restart that may follow
+            return False
+        state.pool.mark_visited(run.incumbent_hash)  # no later descent begins there
+        start = jumps[max(fresh)[1]]
+        kicked.core = DescentCore(
+            start,
+            [],
+            space.coordinates_at(start),
+            self._config,
+            state.rng,
+            coordinates_at=space.coordinates_at,
+            rank=(lambda vectors: self._rank(state, vectors))
+            if options.rank_neighbors or options.screen > 0
+            else None,
+        )
+        state.counts.kicks += 1
+        state.kicks_since_best += 1
+        state.stop_reason = None
+        self._logger.info(
+            "droplet: kick %d: the descent ended at %s (best optimum %s); descending from the "
+            "best predicted of %d jumps of %d decisions away from the best optimum",
+            state.counts.kicks,
+            fmt_secs(mean),
+            fmt_secs(best_mean),
+            len(jumps),
+            min(options.kick_size, len(base)),
+        )
+        return True
+
+    def _jumps(self, state: RunState, base: Vector, space) -> list[Vector]:
+        """Up to ``max(64, screen)`` distinct vectors ``kick_size`` random wide changes away
+        from ``base``, in the order drawn."""
+        coords = space.coordinates_at(base)
+        movable = [i for i, coord in enumerate(coords) if coord.wide_neighbors(base[i])]
+        size = min(self._options.kick_size, len(movable))
+        wanted = max(64, self._options.screen)
+        jumps: dict[Vector, None] = {}
+        for _ in range(4 * wanted):
+            if len(jumps) >= wanted or size < 1:
+                break
+            jump = list(base)
+            for k in state.rng.choice(len(movable), size, replace=False):
+                choices = coords[movable[k]].wide_neighbors(base[movable[k]])
+                jump[movable[k]] = choices[int(state.rng.integers(len(choices)))]
+            jumps[tuple(jump)] = None
+        return list(jumps)
 
     def next_batch(self, state: RunState, cap: int) -> list[MeasureCandidate] | None:
         """Up to ``cap`` candidates of the descent; None when it has ended."""
@@ -192,20 +288,26 @@ class DescentDriver:
     def _rank(self, state: RunState, vectors: list[Vector]) -> list[float | None] | None:
         """The cost model's scores of ``vectors`` (None: cannot be built), for the core's order.
 
-        The schedules are kept until the next ranking, so a measured one is not built twice.
-        Returns None (the core keeps its random order) if the model cannot score them.
+        The schedules are kept until the next ranking (one asked again is not replayed again),
+        so a measured one is not built twice. Returns None (the core keeps its random order) if
+        the model cannot score them.
         """
         tic = time.perf_counter()
         run = state.descent
-        run.replays = {}
+        kept, run.replays = run.replays, {}
         scores: list[float | None] = [None] * len(vectors)
         slots, candidates = [], []
         for n, vector in enumerate(vectors):
             if state.pool.knows(run.hash_of.get(vector)):
                 scores[n] = math.inf  # measured already: observed without a trial, so first
                 continue
-            sch = self._replay(state, vector, reject=False)  # the core rejects a None score
+            sch = kept.get(vector)
             if sch is None:
+                sch = self._replay(state, vector, reject=False)  # the core rejects a None score
+            if sch is None:
+                continue
+            if state.pool.knows(run.hash_of.get(vector)):  # another vector's measured module
+                scores[n] = math.inf
                 continue
             run.replays[vector] = sch
             slots.append(n)

@@ -170,6 +170,7 @@ class Counters:
     failures: int = 0  # measured candidates whose build or run failed
     moves: int = 0  # accepted moves of the descent
     restarts: int = 0  # explorations after a local optimum
+    kicks: int = 0  # descents begun from a jump away from the best optimum
 
 
 @dataclass
@@ -261,6 +262,7 @@ class DropletReport:
     restarts: int = 0
     rank_secs: float = 0.0
     failure_causes: dict = field(default_factory=dict)  # cause -> failed candidates
+    kicks: int = 0
 
 
 class RunState:
@@ -288,6 +290,10 @@ class RunState:
         self.stop_reason: str | None = None
         self.exploration_budget = 0
         self.explored_before_restart: int | None = None  # exploration count at the last restart
+        # The best local optimum so far (mean seconds, vector, its TraceSpace), for kicks, and
+        # the kicks made since it last improved.
+        self.best_optimum: tuple | None = None
+        self.kicks_since_best = 0
         self.search_secs = 0.0  # time spent in this strategy's own descent code
         self.rank_secs = 0.0  # of search_secs: building and scoring neighbors to rank them
         self.descent_start = math.nan  # mean run time of the first descent's starting schedule
@@ -332,4 +338,5 @@ class RunState:
             restarts=c.restarts,
             rank_secs=self.rank_secs,
             failure_causes=dict(self.failures.by_cause),
+            kicks=c.kicks,
         )

@@ -246,15 +246,16 @@ class DropletSearch(PySearchStrategy):
             c = state.counts
             self._logger.info(
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
-                "re-measurements), %d accepted moves, %d restarts, %d invalid neighbors dropped, "
-                "%d duplicates skipped, %d failed measurements, best %s, %.2f s in descent "
-                "search (%.2f s ranking neighbors); stop: %s",
+                "re-measurements), %d accepted moves, %d restarts, %d kicks, %d invalid "
+                "neighbors dropped, %d duplicates skipped, %d failed measurements, best %s, "
+                "%.2f s in descent search (%.2f s ranking neighbors); stop: %s",
                 state.trials,
                 c.exploration,
                 c.descent,
                 c.remeasured,
                 c.moves,
                 c.restarts,
+                c.kicks,
                 c.invalid,
                 c.duplicates,
                 c.failures,
@@ -299,7 +300,10 @@ class DropletSearch(PySearchStrategy):
                     cap = min(remaining, state.num_trials_per_iter, self.descent_batch or remaining)
                     candidates = self._driver.next_batch(state, cap)
                     state.search_secs += time.perf_counter() - tic
-                if candidates or attempt or not self._restart(state, remaining):
+                if candidates or attempt:
+                    break
+                # A local optimum: a kick (a new descent near the best optimum), else a restart.
+                if not (self._driver.kick(state) or self._restart(state, remaining)):
                     break
             if not candidates:
                 state.stop()

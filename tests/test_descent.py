@@ -7,6 +7,7 @@ import pytest
 
 from ms_droplet._descent import (
     CATEGORICAL,
+    COMPUTE_LOCATION,
     PERFECT_TILE,
     Coordinate,
     DescentConfig,
@@ -338,3 +339,109 @@ def test_rank_none_keeps_random_order_and_bad_rank_is_an_error():
         DescentCore(
             (2, 2, 2), [1.0], coords, config, np.random.default_rng(3), rank=lambda v: [1.0]
         )
+
+
+# --- cost-model screening (``screen``) ----------------------------------------------------------
+
+SCREENED = DescentConfig(
+    max_step=1, min_measurements=1, max_measurements=1, screen=20, screen_measure=8
+)
+
+
+def test_wide_neighbors_of_each_kind():
+    tile = Coordinate(PERFECT_TILE, "t", max_innermost_factor=-1)
+    assert tile.wide_neighbors((4, 1)) == [(1, 4), (2, 2)]
+    cat = Coordinate(CATEGORICAL, "c", choices=(0, 1, 2, 3))
+    assert cat.wide_neighbors(1) == [0, 2, 3]  # any other index, not only 1-2 places away
+    assert cat.wide_neighbors(7) == []
+    loc = Coordinate(COMPUTE_LOCATION, "l", choices=(-2, -1, 0, 3))
+    assert loc.wide_neighbors(0) == [-2, -1, 3]
+
+
+def test_screening_pool_is_every_wide_single_then_random_pairs():
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(5))) for i in range(2)]
+    seen = []
+
+    def rank(vectors):
+        seen.append(list(vectors))
+        return [0.0] * len(vectors)
+
+    DescentCore((2, 2), [1.0], coords, SCREENED, np.random.default_rng(0), rank=rank)
+    (pool,) = seen
+    singles = {(v, 2) for v in (0, 1, 3, 4)} | {(2, v) for v in (0, 1, 3, 4)}
+    assert len(pool) == len(set(pool)) == 20 and (2, 2) not in pool
+    assert singles <= set(pool)
+    assert all(a != 2 and b != 2 for a, b in set(pool) - singles)  # pairs: both moved
+
+
+def test_screening_measures_the_best_predicted_and_a_random_share():
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(9))) for i in range(3)]
+    config = DescentConfig(min_measurements=1, screen=24, screen_measure=8, screen_random=0.25)
+
+    def rank(vectors):
+        return [float(sum(v)) for v in vectors]  # the model predicts larger values faster
+
+    core = DescentCore((4, 4, 4), [1.0], coords, config, np.random.default_rng(1), rank=rank)
+    first = [p.vector for p in core.propose(8)]
+    pool = core._pool  # noqa: SLF001 - the protocol's own pool, to check the pick against
+    by_score = sorted(pool, key=lambda v: -sum(v))
+    predicted = [v for v in first if v in by_score[:6]]
+    assert len(first) == 8 and len(predicted) == 6  # 8 x (1 - 0.25) by prediction
+    assert [sum(v) for v in predicted] == sorted((sum(v) for v in predicted), reverse=True)
+    assert not set(first) - set(predicted) & set(by_score[:6])  # 2 drawn from the rest
+
+
+def test_screening_rescores_after_each_batch_and_stops_after_screen_measure():
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(5))) for i in range(2)]
+    calls = []
+
+    def rank(vectors):
+        calls.append(set(vectors))
+        return [1.0] * len(vectors)
+
+    core = DescentCore((2, 2), [1.0], coords, SCREENED, np.random.default_rng(0), rank=rank)
+    batches = []
+    for _ in range(5):
+        proposals = core.propose(4)
+        if not proposals:
+            break
+        for p in proposals:
+            core.observe(p.vector, [2.0, 2.0])  # every neighbor slower: no move
+        batches.append({p.vector for p in proposals})
+        assert core.conclude() is None
+    assert [len(b) for b in batches] == [4, 4] and core.finished
+    assert "the 8 neighbors measured of a screened pool of 20" in core.stop_reason
+    # Scored at the start, then after the first batch what was left unmeasured; after the
+    # second, screen_measure (8) is spent: nothing more to score.
+    assert len(calls) == 2 and calls[1] == calls[0] - batches[0]
+
+
+def test_screened_descent_takes_a_two_decision_move_that_steps_cannot():
+    # From (0, 0) every single change is slower; changing both at once is 2x faster.
+    def valley(vector):
+        a, b = vector
+        return 0.5 if (a, b) == (3, 3) else 1.0 + 0.1 * (a != 0) + 0.1 * (b != 0)
+
+    coords = [Coordinate(CATEGORICAL, f"c{i}", choices=tuple(range(4))) for i in range(2)]
+    base = {"min_gain": 0.0, "min_measurements": 1, "max_measurements": 1}
+    stepped, *_ = run_descent(valley, (0, 0), coords, DescentConfig(max_step=2, **base))
+    assert stepped.incumbent == (0, 0) and "local optimum" in stepped.stop_reason
+    rng = np.random.default_rng(0)
+    screened = DescentCore(
+        (0, 0),
+        [],
+        coords,
+        DescentConfig(screen=15, screen_measure=4, screen_random=0.0, **base),
+        rng,
+        rank=lambda vectors: [-valley(v) for v in vectors],  # a model that knows the valley
+    )
+    for _ in range(10):
+        proposals = screened.propose(4)
+        if not proposals:
+            if screened.conclude() is None and not screened.propose(4):
+                break
+            continue
+        for p in proposals:
+            screened.observe(p.vector, [valley(p.vector)] * 2)
+        screened.conclude()
+    assert screened.incumbent == (3, 3)

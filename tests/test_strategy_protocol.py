@@ -190,6 +190,39 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
     assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
 
 
+def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_target, droplet_log):
+    # A small population keeps the exploration batches cheap.
+    strategy = DropletSearch(
+        exploration_trials=2,
+        max_step=1,
+        max_restarts=1,
+        kicks=2,
+        kick_size=2,
+        population_size=64,
+        genetic_num_iters=1,
+    )
+    batches, _ = drive(strategy, host_target, 400, 8, cost_model=OracleModel())
+    (report,) = strategy.reports
+    text = droplet_log.text()
+    assert report.kicks >= 2 and report.restarts == 1
+    # Kicks follow a local optimum; a restart only after two kicks in a row found no better
+    # optimum.
+    first_kick, first_restart = text.index("kick 1: the descent ended at"), text.index("restart 1:")
+    assert text.index("local optimum") < first_kick < text.index("kick 2:") < first_restart
+    assert "best predicted of 64 jumps of 2 decisions" in text
+    hashes = [h for batch in batches for h, _ in batch]
+    assert repeats(hashes) == report.remeasured, "a kick began on a known module"
+    assert f"{report.kicks} kicks" in text
+
+
+def test_no_kicks_by_default(host_target, droplet_log):
+    strategy = DropletSearch(
+        exploration_trials=2, max_step=1, max_restarts=0, population_size=64, genetic_num_iters=1
+    )
+    drive(strategy, host_target, 400, 8)
+    assert strategy.reports[0].kicks == 0 and "kick 1" not in droplet_log.text()
+
+
 def test_a_restart_that_finds_nothing_new_ends_the_task(host_target, droplet_log):
     # NRM:0's space holds about 60 schedules: evolutionary search exhausts it quickly (a small
     # population keeps its empty batches cheap). Before, restarts went on descending over
@@ -363,6 +396,18 @@ def test_neighbors_are_measured_best_predicted_first(host_target):
     assert ranked == sorted(ranked)
     assert unranked != sorted(unranked)
     assert ranked[0] < min(unranked) or ranked[0] == min(ranked + unranked)
+
+
+def test_screening_measures_the_best_predicted_of_a_wide_pool(host_target, droplet_log):
+    strategy = DropletSearch(
+        exploration_trials=0, descent_batch=8, screen=48, screen_measure=8, screen_random=0.0
+    )
+    batches, _ = drive(strategy, host_target, 8, 8, cost_model=OracleModel())
+    assert [len(b) for b in batches] == [8]  # the start with its first neighbors
+    costs = [cost for _, cost in batches[0][1:]]
+    assert costs == sorted(costs)  # best predicted first, by a model that is never wrong
+    assert strategy.reports[0].rank_secs > 0
+    assert "screening 48 neighbors per incumbent with the cost model" in droplet_log.text()
 
 
 def test_a_failing_cost_model_leaves_the_random_order(host_target, droplet_log):
