@@ -215,6 +215,27 @@ def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_ta
     assert f"{report.kicks} kicks" in text
 
 
+def test_explore_patience_hands_over_when_exploration_stops_improving(host_target, droplet_log):
+    import re
+
+    def run(**options):
+        strategy = DropletSearch(exploration_trials=64, population_size=64, **options)
+        batches, _ = drive(strategy, host_target, 96, 8)
+        assert sum(len(b) for b in batches) == 96  # what exploration leaves, the descent spends
+        return strategy.reports[0]
+
+    assert run().exploration == 64
+    assert "exploration ends after" not in droplet_log.text()
+    report = run(explore_patience=1)
+    (ended,) = re.findall(
+        r"exploration ends after (\d+) of 64 trials: 1 batches in a row did not improve",
+        droplet_log.text(),
+    )
+    # At least two batches (the first always improves on nothing), whole batches, and not all.
+    assert 16 <= int(ended) < 64 and int(ended) % 8 == 0
+    assert report.exploration >= int(ended)  # restarts explore too, unaffected
+
+
 def test_no_kicks_by_default(host_target, droplet_log):
     strategy = DropletSearch(
         exploration_trials=2, max_step=1, max_restarts=0, population_size=64, genetic_num_iters=1
