@@ -136,7 +136,14 @@ class DescentDriver:
         """After a descent ended at a local optimum: begin the next descent from a jump away
         from the best optimum so far (iterated local search), unless ``kicks`` kicks in a row
         found no better optimum. Returns False when there is no kick to make (a restart may
-        follow)."""
+        follow). Its time counts as the descent's own search time."""
+        tic = time.perf_counter()
+        try:
+            return self._kick(state)
+        finally:
+            state.search_secs += time.perf_counter() - tic
+
+    def _kick(self, state: RunState) -> bool:
         run, options = state.descent, self._options
         core = run.core
         if not options.kicks or core is None or run.space is None or not core.incumbent_samples:
@@ -154,7 +161,6 @@ class DescentDriver:
         kicked = DescentRun()
         kicked.started, kicked.space = True, space
         state.descent = kicked
-        tic = time.perf_counter()
         scores = self._rank(state, jumps)
         if scores is None:  # no model: the first jump that builds and was never measured
             scores = []
@@ -164,7 +170,6 @@ class DescentDriver:
                 scores.append(0.0 if fresh else None)
                 if fresh:
                     break
-        state.search_secs += time.perf_counter() - tic
         # Never a schedule measured before (known by its module, once replayed), nor one that
         # does not build.
         fresh = [
