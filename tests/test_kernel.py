@@ -137,7 +137,10 @@ def test_screened_descent_real_run(tmp_path, host_target):
         num_trials_per_iter=8,
         seed=1,
     )
-    assert result.trials == 16 and result.trials_per_phase == {"exploration": 8, "descent": 8}
+    # A screened descent may end at a local optimum and restart (a small space): the phases
+    # then share the budget differently; the first 8 trials are the exploration's.
+    phases = result.trials_per_phase
+    assert result.trials == 16 and phases["exploration"] >= 8 and phases["descent"] >= 1
     (report,) = result.reports
     assert report.rank_secs > 0  # the tuning's cost model scored the pool
     assert result.best_secs > 0
