@@ -89,9 +89,12 @@ class Coordinate:
                 "only these instructions carry decisions"
             )
 
-    def neighbors(self, value: Value, step: int) -> list[Value]:
-        """The legal values ``step`` steps away from ``value``, in a fixed order."""
+    def neighbors(self, value: Value, step: int | None) -> list[Value]:
+        """The legal values ``step`` steps away from ``value``, in a fixed order; ``step=None``:
+        the wide neighbors (:meth:`wide_neighbors`)."""
         if self.kind == PERFECT_TILE:
+            if step is None:
+                return wide_tile_neighbors(value, self.max_innermost_factor)  # type: ignore[arg-type]
             return tile_neighbors(value, step, self.max_innermost_factor)  # type: ignore[arg-type]
         if self.kind == PARTITIONED_TILE:
             return partitioned_tile_neighbors(
@@ -105,18 +108,7 @@ class Coordinate:
     def wide_neighbors(self, value: Value) -> list[Value]:
         """Every legal value one MetaSchedule mutation reaches from ``value``, in a fixed order:
         any divisor moved between two tile levels, any other index or compute location."""
-        if self.kind == PERFECT_TILE:
-            return wide_tile_neighbors(value, self.max_innermost_factor)  # type: ignore[arg-type]
-        if self.kind == PARTITIONED_TILE:
-            return partitioned_tile_neighbors(
-                value,  # type: ignore[arg-type]
-                None,
-                self.partition_pos,
-                self.innerpart_factor,
-            )
-        if value not in self.choices:
-            return []
-        return [choice for choice in self.choices if choice != value]
+        return self.neighbors(value, None)
 
     def continue_move(self, old: Value, new: Value, max_step: int) -> Value | None:
         """Repeat the move ``old -> new`` once more from ``new``, if that is legal.
@@ -469,6 +461,7 @@ class DescentCore:
         self, last_move: tuple[Vector, Vector] | None, promising: Sequence[Vector] = ()
     ) -> None:
         inc = self.incumbent
+        self._neighborhood = set()  # the new incumbent's; _set_queue fills it
         ordered: list[Vector] = []
         if last_move is not None:
             old, new = last_move
@@ -507,7 +500,6 @@ class DescentCore:
         if self._screening:
             self._prefix = ordered
             self._pool = self._wide_pool()
-            self._neighborhood = set()
             self._set_queue(ordered + self._screened())
             return
         for step in range(1, self.config.max_step + 1):
@@ -519,7 +511,6 @@ class DescentCore:
             if step == 1 and self._rank is not None:
                 level = self._ranked(level)
             ordered.extend(level)
-        self._neighborhood = set()
         self._set_queue(ordered)
 
     def _set_queue(self, ordered: Sequence[Vector]) -> None:

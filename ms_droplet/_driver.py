@@ -106,16 +106,7 @@ class DescentDriver:
         # core then gets none and measures it again beside its first neighbors.
         again = self._options.remeasure_start and bool(start_samples)
         run.start_known = (start, list(start_samples)) if again else None
-        ranked_order = self._options.rank_neighbors or self._options.screen > 0
-        run.core = DescentCore(
-            start,
-            [] if again else start_samples,
-            space.coordinates_at(start),
-            self._config,
-            state.rng,
-            coordinates_at=space.coordinates_at,
-            rank=(lambda vectors: self._rank(state, vectors)) if ranked_order else None,
-        )
+        run.core = self._new_core(state, space, start, [] if again else start_samples)
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
@@ -166,18 +157,15 @@ class DescentDriver:
             scores = []
             for vector in jumps:
                 built = self._replay(state, vector, reject=False) is not None
-                fresh = built and not state.pool.knows(kicked.hash_of.get(vector))
-                scores.append(0.0 if fresh else None)
-                if fresh:
+                new = built and not state.pool.knows(kicked.hash_of.get(vector))
+                scores.append(0.0 if new else None)
+                if new:
                     break
-        # Never a schedule measured before (known by its module, once replayed), nor one that
-        # does not build.
+        # Never a schedule measured before (scored inf), nor one that does not build (None).
         fresh = [
             (score, n)
             for n, score in enumerate(scores)
-            if score is not None
-            and math.isfinite(score)
-            and not state.pool.knows(kicked.hash_of.get(jumps[n]))
+            if score is not None and math.isfinite(score)
         ]
         if not fresh:
             self._logger.info("droplet: no kick: none of %d jumps is new and builds", len(jumps))
@@ -185,17 +173,7 @@ class DescentDriver:
             return False
         state.pool.mark_visited(run.incumbent_hash)  # no later descent begins there
         start = jumps[max(fresh)[1]]
-        kicked.core = DescentCore(
-            start,
-            [],
-            space.coordinates_at(start),
-            self._config,
-            state.rng,
-            coordinates_at=space.coordinates_at,
-            rank=(lambda vectors: self._rank(state, vectors))
-            if options.rank_neighbors or options.screen > 0
-            else None,
-        )
+        kicked.core = self._new_core(state, space, start, [])
         state.counts.kicks += 1
         state.kicks_since_best += 1
         state.stop_reason = None
@@ -209,6 +187,20 @@ class DescentDriver:
             min(options.kick_size, len(base)),
         )
         return True
+
+    def _new_core(self, state: RunState, space, start: Vector, samples) -> DescentCore:
+        """A descent from ``start`` over ``space`` (the cost model orders or screens its
+        neighbors when ``rank_neighbors`` or ``screen`` asks for it)."""
+        ranked = self._options.rank_neighbors or self._options.screen > 0
+        return DescentCore(
+            start,
+            samples,
+            space.coordinates_at(start),
+            self._config,
+            state.rng,
+            coordinates_at=space.coordinates_at,
+            rank=(lambda vectors: self._rank(state, vectors)) if ranked else None,
+        )
 
     def _jumps(self, state: RunState, base: Vector, space) -> list[Vector]:
         """Up to ``max(64, screen)`` distinct vectors ``kick_size`` random wide changes away

@@ -161,16 +161,19 @@ def partitioned_tile_neighbors(
     return tile_neighbors(tile, step, is_legal=keeps_partition)
 
 
-def index_neighbors(value: int, choices: Sequence[int], step: int) -> list[int]:
-    """The choices ``step`` places before and after ``value`` in the ordered ``choices``.
+def index_neighbors(value: int, choices: Sequence[int], step: int | None) -> list[int]:
+    """The choices ``step`` places before and after ``value`` in the ordered ``choices``
+    (``step=None``: every other choice, in order).
 
     Used for categorical indices (``choices = range(n)``) and compute locations (the legal
     locations of the block, in loop order, ``-2`` inline and ``-1`` root first).
     """
-    if step < 1:
+    if step is not None and step < 1:
         raise ValueError(f"index_neighbors: step must be >= 1, got {step}")
     ordered = list(choices)
     if value not in ordered:
         return []
+    if step is None:
+        return [choice for choice in ordered if choice != value]
     pos = ordered.index(value)
     return [ordered[i] for i in (pos - step, pos + step) if 0 <= i < len(ordered)]

@@ -92,11 +92,8 @@ def call_once(
     """
     alloc = get_global_func_with_default_on_worker(f_alloc_argument, default_alloc_argument)
     cleanup = get_global_func_with_default_on_worker(f_cleanup, default_cleanup)
-    artifact_path, device_type, args_info = item
     try:
-        rt_mod = tvm.runtime.load_module(artifact_path)
-        device = tvm.runtime.device(device_type, 0)
-        (args,) = alloc(device, args_info, 1)
+        rt_mod, device, args = _load(alloc, item)
         func = rt_mod[rt_mod.entry_name]
         device.sync()
         start = time.perf_counter()
@@ -105,6 +102,16 @@ def call_once(
         return time.perf_counter() - start
     finally:
         cleanup()
+
+
+def _load(alloc: Callable, item: tuple[str, str, tuple]) -> tuple:
+    """``(module, device, arguments)`` of one candidate ``(artifact path, device type,
+    args_info as JSON)``, its arguments allocated once by ``alloc``."""
+    artifact_path, device_type, args_info = item
+    rt_mod = tvm.runtime.load_module(artifact_path)
+    device = tvm.runtime.device(device_type, 0)
+    (args,) = alloc(device, args_info, 1)
+    return rt_mod, device, args
 
 
 def timings_need(call_secs: float, evaluator_config: EvaluatorConfig) -> float:
@@ -160,11 +167,9 @@ def time_in_rounds(
     errors: dict[int, str] = {}
     timers = {}
     try:
-        for i, (artifact_path, device_type, args_info) in enumerate(inputs):
+        for i, item in enumerate(inputs):
             try:
-                rt_mod = tvm.runtime.load_module(artifact_path)
-                device = tvm.runtime.device(device_type, 0)
-                (args,) = alloc(device, args_info, 1)
+                rt_mod, device, args = _load(alloc, item)
                 timer = rt_mod.time_evaluator(
                     func_name=rt_mod.entry_name,
                     dev=device,
@@ -177,7 +182,7 @@ def time_in_rounds(
                 )
                 timers[i] = (rt_mod, timer, device, args)
             except Exception:  # noqa: BLE001 - the candidate's error, as LocalRunner reports it
-                errors[i] = f"{EXCEPTION}\nloading {artifact_path}:\n{traceback.format_exc()}"
+                errors[i] = f"{EXCEPTION}\nloading {item[0]}:\n{traceback.format_exc()}"
         samples: dict[int, list[float]] = {i: [] for i in timers}
         spent = dict.fromkeys(timers, 0.0)
         for _ in range(evaluator_config.repeat):

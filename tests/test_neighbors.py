@@ -92,6 +92,9 @@ def test_index_neighbors():
     assert index_neighbors(3, (-2, -1, 3, 6, 7, 9), 1) == [-1, 6]
     assert index_neighbors(-2, (-2,), 1) == []
     assert index_neighbors(5, (1, 2), 1) == []
+    # step=None: every other choice (the wide neighbors), in order.
+    assert index_neighbors(3, (-2, -1, 3, 6), None) == [-2, -1, 6]
+    assert index_neighbors(5, (1, 2), None) == []
 
 
 def test_wide_tile_neighbors_move_any_divisor_exact():
