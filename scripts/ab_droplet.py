@@ -343,7 +343,8 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     # (kernel, seed, variant); a timing job per (kernel, seed), which starts once its variants
     # are tuned. Each job gets its own cores.
     if shared:
-        todo = [("explore", (kernel, seed)) for kernel in kernels for seed in seeds]
+        # Seed-major: a run cut short leaves whole seeds of every kernel, not whole kernels.
+        todo = [("explore", (kernel, seed)) for seed in seeds for kernel in kernels]
     else:
         todo = [("tune", (k, s, v)) for k in kernels for s in seeds for v in names]
         # The longest runs first: a 4x-budget run started last would end alone, cores idle.
