@@ -38,6 +38,7 @@ __all__ = [
     "DropletReport",
     "DropletSearch",
     "FastBuilder",
+    "InterleavedRPCRunner",
     "InterleavedRunner",
     "KernelTuneResult",
     "ModelTuneResult",
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .builder import FastBuilder
     from .kernel import CurvePoint, KernelTuneResult, tune_kernel
     from .relax import ModelTuneResult, pipeline_strategy, tune_model
-    from .runner import InterleavedRunner
+    from .runner import InterleavedRPCRunner, InterleavedRunner
     from .strategy import DropletReport, DropletSearch, default_exploration_trials
     from .workdir import DatabaseFileError, WorkDirBusyError, check_work_dir, lock_work_dir
 
@@ -70,6 +71,7 @@ _LAZY = {
     "default_exploration_trials": "strategy",
     "FastBuilder": "builder",
     "InterleavedRunner": "runner",
+    "InterleavedRPCRunner": "runner",
     "CurvePoint": "kernel",
     "KernelTuneResult": "kernel",
     "tune_kernel": "kernel",

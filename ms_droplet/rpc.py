@@ -20,11 +20,14 @@ A tuning run measures its candidates on remote devices (boards, GPUs, other mach
 TVM's RPC tracker: every device runs ``python -m tvm.exec.rpc_server --tracker HOST:PORT --key
 KEY``, and MetaSchedule's ``RPCRunner`` asks the tracker for a free server of that key for each
 candidate, uploads the artifact, which the server links with ``g++`` and loads, and times it
-there. :func:`rpc_runner` makes such a runner after checking, within a few seconds, that the
-tracker answers and has a server of the key.
+there. :func:`rpc_runner` makes a runner after checking, within a few seconds, that the tracker
+answers and has a server of the key: by default an
+:class:`ms_droplet.runner.InterleavedRPCRunner`, which opens one session per server and batch
+and times the batch's candidates there in interleaved rounds (as the default local runner),
+else (``interleaved=False``) an ``RPCRunner`` with the time limits below.
 
 How ``RPCRunner`` behaves (TVM 0.27; each point seen on a real tracker, most in
-``tests/test_rpc.py``)
+``tests/test_rpc.py``; ``docs/rpc.md`` says how the interleaved runner meets the same faults)
 -----------------------------------------------------------------------------------------------
 * Each candidate is one RPC session: a worker process of the runner asks the tracker for a
   server, which serves that one session and then offers itself again. A server serves one
@@ -365,8 +368,14 @@ def rpc_runner(
     session_priority: int = 1,
     check: bool = True,
     query_timeout_sec: float = DEFAULT_QUERY_TIMEOUT_SEC,
+    interleaved: bool = True,
 ):
-    """A MetaSchedule ``RPCRunner`` that measures on the tracker's servers of ``key``.
+    """A runner that measures on the tracker's servers of ``key``.
+
+    By default an :class:`ms_droplet.runner.InterleavedRPCRunner`: each batch is split among one
+    session per server and timed in interleaved rounds there, as the default local runner does
+    (``docs/benchmarks/fidelity.md``); ``interleaved=False`` gives MetaSchedule's ``RPCRunner``
+    (one session per candidate, its timings back to back), with the same time limits.
 
     Parameters
     ----------
@@ -386,9 +395,10 @@ def rpc_runner(
         as for local measurement.
     candidate_timeout_sec : Optional[float]
         The runner's own limit on one candidate, from its request to the tracker to its result,
-        after which the candidate is recorded as failed (``RPCRunner: Timeout``): what ends the
-        session of a server that froze, which cannot end it itself. Default:
-        ``session_timeout_sec`` + :data:`CONNECT_MARGIN_SEC`.
+        after which the candidate is recorded as failed (``...: Timeout``): what ends the
+        session of a server that froze, which cannot end it itself. Must exceed
+        ``session_timeout_sec``: the difference is the time allowed to reach a free server.
+        Default: ``session_timeout_sec`` + :data:`CONNECT_MARGIN_SEC`.
     session_priority : int
         Priority of this run's requests at the tracker (higher first).
     check : bool
@@ -396,10 +406,13 @@ def rpc_runner(
         ``key``.
     query_timeout_sec : float
         Limit for that query.
+    interleaved : bool
+        Time each batch in interleaved rounds on the servers (default), or candidate by
+        candidate with MetaSchedule's ``RPCRunner``.
 
     Returns
     -------
-    runner : RPCRunner
+    runner : InterleavedRPCRunner or RPCRunner
         Pass it as ``runner=`` to ``tune_tir``, ``tune_relax``, ``tune_tasks`` or ``tune_model``.
 
     Raises
@@ -410,11 +423,11 @@ def rpc_runner(
         With ``check``: the tracker cannot be reached or has no server of ``key``.
     """
     # pylint: disable=import-outside-toplevel
-    from tvm.s_tir.meta_schedule.runner import RPCConfig, RPCRunner
-    from tvm.support.popen_pool import PopenPoolExecutor
+    from tvm.s_tir.meta_schedule.runner import RPCConfig
 
     from .interrupt import ignore_interrupts
     from .measure import default_evaluator_config
+    from .runner import InterleavedRPCRunner, timed_rpc_runner
 
     # pylint: enable=import-outside-toplevel
     address = _address(tracker)
@@ -435,11 +448,11 @@ def rpc_runner(
     session_timeout = int(math.ceil(session_timeout_sec))
     if candidate_timeout_sec is None:
         candidate_timeout_sec = session_timeout + CONNECT_MARGIN_SEC
-    if not _positive_seconds(candidate_timeout_sec):
+    if not _positive_seconds(candidate_timeout_sec) or candidate_timeout_sec <= session_timeout:
         raise ValueError(
-            f"candidate_timeout_sec must be a number of seconds > 0, got "
-            f"{candidate_timeout_sec!r}; leave it out for session_timeout_sec + "
-            f"{CONNECT_MARGIN_SEC:g}"
+            f"candidate_timeout_sec must be a number of seconds > session_timeout_sec "
+            f"({session_timeout}), got {candidate_timeout_sec!r}; leave it out for "
+            f"session_timeout_sec + {CONNECT_MARGIN_SEC:g}"
         )
     if check:
         status = check_tracker(address, key, timeout_sec=query_timeout_sec)
@@ -447,26 +460,28 @@ def rpc_runner(
             max_workers = status.connected
     if max_workers is None:
         max_workers = 1
-    runner = RPCRunner(
-        rpc_config=RPCConfig(
-            tracker_host=address.host,
-            tracker_port=address.port,
-            tracker_key=key,
-            session_priority=session_priority,
-            # The server's session option is sent as text; a whole number keeps it readable.
-            session_timeout_sec=session_timeout,
-        ),
-        evaluator_config=evaluator_config or default_evaluator_config(),
-        max_workers=max_workers,
-        # Ctrl-C reaches the runner's workers too; the tuning process decides when to stop.
+    rpc_config = RPCConfig(
+        tracker_host=address.host,
+        tracker_port=address.port,
+        tracker_key=key,
+        session_priority=session_priority,
+        # The server's session option is sent as text; a whole number keeps it readable.
+        session_timeout_sec=session_timeout,
+    )
+    evaluator_config = evaluator_config or default_evaluator_config()
+    # Ctrl-C reaches the runner's workers too; the tuning process decides when to stop.
+    if interleaved:
+        return InterleavedRPCRunner(
+            rpc_config,
+            evaluator_config,
+            max_workers=max_workers,
+            connect_timeout_sec=candidate_timeout_sec - session_timeout,
+            initializer=ignore_interrupts,
+        )
+    return timed_rpc_runner(
+        rpc_config,
+        evaluator_config,
+        max_workers,
+        candidate_timeout_sec,
         initializer=ignore_interrupts,
     )
-    # RPCRunner gives its pool no time limit: a frozen server or a key with no server left would
-    # hold a candidate forever. Same pool otherwise (its first one only ran a sanity check).
-    runner.pool.shutdown(wait=False)
-    runner.pool = PopenPoolExecutor(
-        max_workers=max_workers,
-        timeout=candidate_timeout_sec,
-        initializer=ignore_interrupts,
-    )
-    return runner

@@ -81,3 +81,36 @@ def held_work_dir(tmp_path):
     yield work_dir, holder
     holder.kill()
     holder.wait()
+
+
+def _matmul(n):
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm import te  # pylint: disable=import-outside-toplevel
+
+    a = te.placeholder((n, n), name="A")
+    b = te.placeholder((n, n), name="B")
+    k = te.reduce_axis((0, n), name="k")
+    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+@pytest.fixture(scope="session")
+def built():
+    """Artifacts of three small matmuls (16, 32 and 24 wide) and their runner inputs."""
+    # pylint: disable=import-outside-toplevel
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.builder import BuilderInput
+    from tvm.s_tir.meta_schedule.runner import RunnerInput
+
+    from ms_droplet.builder import FastBuilder
+
+    target = tvm.target.Target("llvm")
+    mods = [_matmul(n) for n in (16, 32, 24)]
+    with FastBuilder(max_workers=1) as builder:
+        results = builder.build([BuilderInput(m, target) for m in mods])
+    assert all(r.error_msg is None for r in results)
+    return [
+        RunnerInput(r.artifact_path, "cpu", ArgInfo.from_entry_func(m, remove_preproc=True))
+        for r, m in zip(results, mods)
+    ]

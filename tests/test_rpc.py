@@ -35,9 +35,11 @@ import pytest
 import tvm
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 
 from ms_droplet import DropletSearch, FastBuilder
+from ms_droplet.measure import valid_run_secs
 from ms_droplet.rpc import (
     RPCTrackerError,
     TrackerAddress,
@@ -46,6 +48,13 @@ from ms_droplet.rpc import (
     query_tracker,
     rpc_runner,
     tracker_status,
+)
+from ms_droplet.runner import (
+    _REMOTE,
+    InterleavedRPCRunner,
+    batch_inputs,
+    remote_call_once,
+    remote_time_in_rounds,
 )
 from ms_droplet.testing import local_rpc_cluster
 
@@ -56,6 +65,7 @@ SLOW_EVALUATOR = dict(number=1, repeat=5, min_repeat_ms=100, enable_cpu_cache_fl
 # A session is caught mid-measurement only this soon after its module was loaded: later, the
 # result may already be on its way back while the server has not yet logged the session's end.
 CATCH_WITHIN_SEC = 0.25
+FAST = EvaluatorConfig(number=2, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=False)
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +91,10 @@ def _records(work_dir):
 
 
 def _sessions(server):
-    """(started, finished) sessions in a server's log."""
+    """(modules loaded, sessions finished, sessions connected) in a server's log."""
     with open(server.log_path, encoding="utf-8") as f:
         text = f.read()
-    return text.count("load_module"), text.count("finish serving")
+    return text.count("load_module"), text.count("finish serving"), text.count("connected from")
 
 
 def _log_time(stamp):
@@ -192,6 +202,11 @@ def test_parse_tracker_names_option_rule_value_and_fix(text):
         (dict(session_timeout_sec=float("inf")), r"seconds > 0, got inf; give e\.g\. 30"),
         (dict(max_workers=0), r"--rpc-parallel \(max_workers\) must be an integer >= 1, got 0;"),
         (dict(candidate_timeout_sec=-1), r"candidate_timeout_sec must be .* got -1"),
+        (
+            dict(session_timeout_sec=20, candidate_timeout_sec=10),
+            r"candidate_timeout_sec must be a number of seconds > session_timeout_sec \(20\), "
+            "got 10",
+        ),
     ],
 )
 def test_rpc_runner_rejects_bad_arguments(kwargs, match):
@@ -257,23 +272,36 @@ def test_tracker_status_and_missing_key(cluster):
 
 # ------------------------------------------------------------------ tuning through the tracker
 @pytest.mark.tuning
-def test_droplet_tunes_through_tracker_on_both_servers(cluster, tmp_path, host_target):
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "rpcrunner"])
+def test_droplet_tunes_through_tracker_on_both_servers(cluster, tmp_path, host_target, interleaved):
     work_dir = str(tmp_path / "work")
-    runner = rpc_runner(cluster.tracker, cluster.key, session_timeout_sec=20)
-    before = [_sessions(server)[1] for server in cluster.servers]
+    runner = rpc_runner(
+        cluster.tracker, cluster.key, session_timeout_sec=20, interleaved=interleaved
+    )
+    assert isinstance(runner, InterleavedRPCRunner) == interleaved
+    before = [_sessions(server) for server in cluster.servers]
     _, report, results = _tune(work_dir, host_target, runner, 16, per_iter=8, exploration=8)
     records = _records(work_dir)
     assert len(records) == len(results) == report.trials == 16
     assert report.exploration == 8 and report.descent == 8
     assert all(error is None for _, error in results)
     assert all(max(r[1][1]) < FAILED for r in records)
-    # Both servers served, and at the same time: the runner opened one session per server
-    # (default max_workers).
-    finished = [_sessions(server)[1] - b for server, b in zip(cluster.servers, before)]
-    assert sum(finished) == 16 and min(finished) >= 1, finished
+    # Both servers served, each candidate uploaded once, and at the same time: the runner
+    # opened one session per server (default max_workers) ...
+    loaded = [_sessions(server)[0] - b[0] for server, b in zip(cluster.servers, before)]
+    assert sum(loaded) == 16 and min(loaded) >= 1, loaded
     first, second = (_session_intervals(server) for server in cluster.servers)
     overlaps = sum(1 for a in first for b in second if a[0] < b[1] and b[0] < a[1])
-    assert overlaps >= 4, (first, second)
+    if interleaved:
+        # ... per batch (each server its share, timed in rounds), not per candidate.
+        assert overlaps >= 1, (first, second)
+        sessions = sum(_sessions(server)[2] - b[2] for server, b in zip(cluster.servers, before))
+        assert 2 <= sessions < 16
+    else:
+        # ... per candidate.
+        finished = [_sessions(server)[1] - b[1] for server, b in zip(cluster.servers, before)]
+        assert sum(finished) == 16 and min(finished) >= 1, finished
+        assert overlaps >= 4, (first, second)
     # The best record measured over RPC compiles and computes the product.
     mod = create_te_workload("GMM", 0)
     database = ms.database.JSONDatabase(work_dir=work_dir)
@@ -320,7 +348,10 @@ def _when_serving(server, work_dir, min_records, action):
 
 
 @pytest.mark.tuning
-def test_server_killed_mid_run_loses_only_its_candidate(fresh_cluster, tmp_path, host_target):
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "rpcrunner"])
+def test_server_killed_mid_run_loses_at_most_its_candidate(
+    fresh_cluster, tmp_path, host_target, interleaved
+):
     cluster = fresh_cluster
     work_dir = str(tmp_path / "work")
     runner = rpc_runner(
@@ -328,6 +359,7 @@ def test_server_killed_mid_run_loses_only_its_candidate(fresh_cluster, tmp_path,
         cluster.key,
         session_timeout_sec=20,
         evaluator_config=ms.runner.EvaluatorConfig(**SLOW_EVALUATOR),
+        interleaved=interleaved,
     )
     victim, survivor = cluster.servers
     done, thread, killed_at = _when_serving(victim, work_dir, 4, victim.kill)
@@ -341,26 +373,84 @@ def test_server_killed_mid_run_loses_only_its_candidate(fresh_cluster, tmp_path,
     # Nothing lost: every trial is a record, the budget was spent.
     records = _records(work_dir)
     assert len(records) == len(results) == report.trials == 12
-    # Exactly the candidate in the killed session failed, at once (no time-out), ...
     errors = [(at, error) for at, error in results if error is not None]
-    assert len(errors) == 1, errors
-    ((failed_at, error),) = errors
-    assert error.startswith("RPCRunner: An exception occurred")
-    assert failed_at - killed_at[0] < 15
-    # ... and it is recorded as failed while every other record is a valid measurement.
-    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == 1
-    assert report.failures == 1
+    if interleaved:
+        # Killed in a candidate's first call: that candidate fails, the rest of its share
+        # goes on in a new session. Killed in the rounds: the share is measured again one
+        # candidate per session on the survivor, and nothing fails.
+        assert len(errors) <= 1, errors
+        for _, error in errors:
+            assert error.startswith("InterleavedRPCRunner: An exception occurred")
+    else:
+        # Exactly the candidate in the killed session failed, at once (no time-out).
+        assert len(errors) == 1, errors
+        assert errors[0][1].startswith("RPCRunner: An exception occurred")
+    for failed_at, _ in errors:
+        assert failed_at - killed_at[0] < 15
+    # Each failure is recorded as failed while every other record is a valid measurement.
+    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == len(errors) == report.failures
     # The tracker dropped the dead server; the later candidates ran on the survivor.
     assert cluster.status().connected == 1
     after = [at for at, error in results if at > killed_at[0] and error is None]
     assert len(after) >= 4
-    assert _sessions(survivor)[1] >= 12 - _sessions(victim)[1] - 1
+    assert _sessions(survivor)[0] >= 12 - _sessions(victim)[0] - 1
+
+
+def test_interleaved_rpc_runner_times_a_batch_per_server_in_rounds(cluster, built, tmp_path):
+    before = [_sessions(server) for server in cluster.servers]
+    runner = rpc_runner(cluster.tracker, cluster.key, evaluator_config=FAST)
+    times = [valid_run_secs(f.result().run_secs) for f in runner.run(built)]
+    assert [len(t) for t in times] == [3, 3, 3]
+    assert min(times[1]) > max(times[0])  # 8x the work
+    # Two sessions (one per server: shares of 2 and 1 candidates), each candidate uploaded once.
+    deadline = time.monotonic() + 10
+    while sum(_sessions(s)[1] - b[1] for s, b in zip(cluster.servers, before)) < 2:
+        assert time.monotonic() < deadline, "the sessions did not end"
+        time.sleep(0.1)
+    after = [_sessions(server) for server in cluster.servers]
+    assert sorted(a[0] - b[0] for a, b in zip(after, before)) == [1, 2]
+    assert [a[2] - b[2] for a, b in zip(after, before)] == [1, 1]
+    # A candidate whose module does not load fails alone; its session goes on.
+    broken = tmp_path / "not_a_library.tar"
+    broken.write_bytes(b"not a tar file")
+    inputs = [built[0], RunnerInput(str(broken), "cpu", built[0].args_info), built[2]]
+    results = [f.result() for f in runner.run(inputs)]
+    assert results[1].run_secs is None
+    assert results[1].error_msg.startswith("InterleavedRPCRunner: An exception occurred")
+    for result in (results[0], results[2]):
+        assert result.error_msg is None and len(valid_run_secs(result.run_secs)) == 3
+
+
+def test_remote_rounds_refuse_a_session_whose_server_died(built):
+    # In this process: two candidates loaded and called in one session, then timed in rounds
+    # without being uploaded again; the session ends with the rounds.
+    with local_rpc_cluster(1, key="ms-droplet-test") as cluster:
+        (server,) = cluster.servers
+        config = ms.runner.RPCConfig(cluster.host, cluster.port, cluster.key, 1, 30)
+        items = batch_inputs(built[:2])
+        for item in items:
+            assert remote_call_once(config, None, item) > 0
+        results = remote_time_in_rounds(config, None, FAST, items, 30)
+        assert [len(times) for times, _ in results] == [3, 3]
+        assert _sessions(server)[0] == 2 and _sessions(server)[2] == 1
+        assert not _REMOTE
+        # Again, and the server dies before the rounds: its candidates' errors would be the
+        # server's, so the rounds fail as a whole (the runner then measures them one by one).
+        for item in items:
+            remote_call_once(config, None, item)
+        server.kill()
+        with pytest.raises(RuntimeError, match="the RPC session ended during the rounds"):
+            remote_time_in_rounds(config, None, FAST, items, 30)
+        assert not _REMOTE
 
 
 @pytest.mark.slow
 @pytest.mark.tuning
 @pytest.mark.timeout(300)  # without the runner's own limit, this run would never end
-def test_frozen_server_times_out_its_candidate(fresh_cluster, tmp_path, host_target):
+@pytest.mark.parametrize("interleaved", [True, False], ids=["interleaved", "rpcrunner"])
+def test_frozen_server_times_out_at_most_its_candidate(
+    fresh_cluster, tmp_path, host_target, interleaved
+):
     cluster = fresh_cluster
     # A server that stops without closing its connections (a hung board): the server-side
     # session timeout cannot fire, the runner's own limit ends the candidate.
@@ -371,6 +461,7 @@ def test_frozen_server_times_out_its_candidate(fresh_cluster, tmp_path, host_tar
         session_timeout_sec=5,
         candidate_timeout_sec=10,
         evaluator_config=ms.runner.EvaluatorConfig(**SLOW_EVALUATOR),
+        interleaved=interleaved,
     )
     frozen = cluster.servers[0]
     done, thread, frozen_at = _when_serving(
@@ -386,27 +477,47 @@ def test_frozen_server_times_out_its_candidate(fresh_cluster, tmp_path, host_tar
     records = _records(work_dir)
     assert len(records) == report.trials == 12
     errors = [(at, error) for at, error in results if error is not None]
-    assert len(errors) == 1, errors
-    assert errors[0][1].startswith("RPCRunner: Timeout")
-    assert 9 <= errors[0][0] - frozen_at[0] < 40
-    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == 1
+    if interleaved:
+        # Frozen in a candidate's first call: it times out, the rest of its share goes on in
+        # a new session. Frozen in the rounds: the share's rounds time out and are measured
+        # again one candidate per session on the other server; nothing fails.
+        assert len(errors) <= 1, errors
+        for _, error in errors:
+            assert error.startswith("InterleavedRPCRunner: Timeout")
+    else:
+        assert len(errors) == 1, errors
+        assert errors[0][1].startswith("RPCRunner: Timeout")
+    for failed_at, _ in errors:
+        assert 9 <= failed_at - frozen_at[0] < 40
+    assert sum(1 for r in records if max(r[1][1]) >= FAILED) == len(errors)
 
 
 @pytest.mark.slow
 @pytest.mark.tuning
 @pytest.mark.timeout(300)
-def test_no_server_left_fails_each_candidate_after_its_limit(tmp_path, host_target):
+@pytest.mark.parametrize(
+    "interleaved, name", [(True, "InterleavedRPCRunner"), (False, "RPCRunner")], ids=["i", "r"]
+)
+def test_no_server_left_fails_each_candidate_after_its_limit(
+    tmp_path, host_target, interleaved, name
+):
     # The tracker queues requests for a key with no server forever; the runner's limit ends
     # each candidate, and the run completes with every trial recorded as failed.
     with local_rpc_cluster(1, key="ms-droplet-test") as cluster:
-        runner = rpc_runner(cluster.tracker, cluster.key, candidate_timeout_sec=4)
+        runner = rpc_runner(
+            cluster.tracker,
+            cluster.key,
+            session_timeout_sec=2,
+            candidate_timeout_sec=4,
+            interleaved=interleaved,
+        )
         cluster.servers[0].kill()
         work_dir = str(tmp_path / "work")
         start = time.monotonic()
         _, report, results = _tune(work_dir, host_target, runner, 4, per_iter=4, exploration=4)
         assert time.monotonic() - start < 120
         assert len(results) == report.trials == report.failures == 4
-        assert all(error.startswith("RPCRunner: Timeout") for _, error in results)
+        assert all(error.startswith(f"{name}: Timeout") for _, error in results)
         records = _records(work_dir)
         assert len(records) == 4 and all(max(r[1][1]) >= FAILED for r in records)
         assert cluster.status().pending >= 1  # the abandoned requests are still queued

@@ -14,45 +14,20 @@
 # KIND, either express or implied.  See the License for the
 # specific language governing permissions and limitations
 # under the License.
-"""``InterleavedRunner``: real kernels, built and timed; failures stay with their candidate."""
+"""``InterleavedRunner``: real kernels, built and timed; failures stay with their candidate.
+
+``built`` (conftest.py): three small matmuls, 16, 32 and 24 wide."""
 
 from __future__ import annotations
 
 import pytest
-import tvm
-from tvm import te
-from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-from tvm.s_tir.meta_schedule.builder import BuilderInput
 from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, RunnerInput
 
 from ms_droplet._state import RUNNER_TIMEOUT, classify_failure
-from ms_droplet.builder import FastBuilder
 from ms_droplet.measure import default_evaluator_config, default_runner, valid_run_secs
 from ms_droplet.runner import InterleavedRunner, batch_inputs, time_in_rounds
 
 FAST = EvaluatorConfig(number=2, repeat=3, min_repeat_ms=0, enable_cpu_cache_flush=False)
-
-
-def _matmul(n):
-    a = te.placeholder((n, n), name="A")
-    b = te.placeholder((n, n), name="B")
-    k = te.reduce_axis((0, n), name="k")
-    c = te.compute((n, n), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
-    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
-
-
-@pytest.fixture(scope="module")
-def built():
-    """Artifacts of three small matmuls (16, 32 and 24 wide) and their runner inputs."""
-    target = tvm.target.Target("llvm")
-    mods = [_matmul(n) for n in (16, 32, 24)]
-    with FastBuilder(max_workers=1) as builder:
-        results = builder.build([BuilderInput(m, target) for m in mods])
-    assert all(r.error_msg is None for r in results)
-    return [
-        RunnerInput(r.artifact_path, "cpu", ArgInfo.from_entry_func(m, remove_preproc=True))
-        for r, m in zip(results, mods)
-    ]
 
 
 def _times(futures):
