@@ -137,14 +137,21 @@ class DescentDriver:
     def _kick(self, state: RunState) -> bool:
         run, options = state.descent, self._options
         core = run.core
-        if not options.kicks or core is None or run.space is None or not core.incumbent_samples:
+        if not options.kicks or core is None or run.space is None:
             return False
-        if not (core.stop_reason or "").startswith("local optimum"):
-            return False
-        mean = float(np.mean(core.incumbent_samples))
-        if state.best_optimum is None or mean < state.best_optimum[0]:
-            state.best_optimum = (mean, core.incumbent, run.space)
-            state.kicks_since_best = 0
+        if core.incumbent_samples:
+            if not (core.stop_reason or "").startswith("local optimum"):
+                return False
+            mean = float(np.mean(core.incumbent_samples))
+            if state.best_optimum is None or mean < state.best_optimum[0]:
+                state.best_optimum = (mean, core.incumbent, run.space)
+                state.kicks_since_best = 0
+        elif state.best_optimum is None:
+            return False  # the first descent's start failed: no optimum to kick from
+        else:
+            # A kick's start failed to build or run (a builder timeout on a busy machine, say):
+            # a kick that found no better optimum; the next one jumps from the best again.
+            mean = state.best_optimum[0]
         if state.kicks_since_best >= options.kicks:
             return False
         best_mean, base, space = state.best_optimum

@@ -453,11 +453,17 @@ class DropletSearch(PySearchStrategy):
         Returns False (and the task ends) when restarts are used up or impossible.
         """
         core = state.descent.core
-        if core is None or not core.incumbent_samples:
-            return False  # no descent ran (nothing to descend on), or its start failed
+        if core is None or not (core.incumbent_samples or state.best_optimum):
+            return False  # no descent ran (nothing to descend on), or its first start failed
         if self.max_restarts is not None and state.counts.restarts >= self.max_restarts:
             return False
-        reason, best = state.stop_reason, float(np.mean(core.incumbent_samples))
+        reason = state.stop_reason
+        # A kick's start that failed leaves no incumbent: the best optimum stands for it.
+        best = (
+            float(np.mean(core.incumbent_samples))
+            if core.incumbent_samples
+            else state.best_optimum[0]
+        )
         trials = min(remaining, state.num_trials_per_iter)
         state.restart(trials)
         self._logger.info(

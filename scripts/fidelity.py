@@ -62,6 +62,15 @@ MODES = {
         {"kind": "runner", "runner": "local"},
         "as tuning timed it before: MetaSchedule's LocalRunner (timings back to back)",
     ),
+    "runner-rpc": (
+        {"kind": "runner", "runner": "rpc"},
+        "runner through an RPC tracker with one server on this machine: ms_droplet.rpc.rpc_runner "
+        "(InterleavedRPCRunner: rounds on the server)",
+    ),
+    "runner-rpc-ms": (
+        {"kind": "runner", "runner": "rpc-ms"},
+        "runner-rpc with MetaSchedule's RPCRunner (a session per candidate, timings back to back)",
+    ),
     "fresh": (
         {"kind": "fresh"},
         "as deployed: tvm.compile, one process, interleaved rounds, new arguments each round",

@@ -215,6 +215,36 @@ def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_ta
     assert f"{report.kicks} kicks" in text
 
 
+def test_a_kick_whose_start_fails_is_a_failed_kick_not_the_end(host_target, droplet_log):
+    # Seen in the A/B of docs/benchmarks/ab-guided.md: a kicked start hit a builder timeout on a
+    # busy host, and the task ended with a third of its budget left.
+    failed = []
+
+    def failing(index):
+        if not failed and "kick 1:" in droplet_log.text():
+            failed.append(index)  # the first candidate after the kick: the kicked start
+            return True
+        return False
+
+    strategy = DropletSearch(
+        exploration_trials=2,
+        max_step=1,
+        max_restarts=1,
+        kicks=2,
+        kick_size=2,
+        population_size=64,
+        genetic_num_iters=1,
+    )
+    drive(strategy, host_target, 400, 8, cost_model=OracleModel(), failing=failing)
+    (report,) = strategy.reports
+    text = droplet_log.text()
+    assert failed and report.failures == 1
+    # The next kick jumps from the best optimum again; a restart follows the kicks as usual.
+    assert "kick 2:" in text and text.index("kick 1:") < text.index("kick 2:")
+    assert report.restarts == 1
+    assert report.stop_reason != "the starting schedule failed to build or run"
+
+
 def test_explore_patience_hands_over_when_exploration_stops_improving(host_target, droplet_log):
     import re
 

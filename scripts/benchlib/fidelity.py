@@ -38,6 +38,7 @@ statistics) are tested in ``tests/test_benchlib.py``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -302,7 +303,8 @@ def measure_mode(work_dir, lines, mode, timeout=1800):
     mode : dict
         ``kind`` (``"runner"``, ``"interleaved"`` or ``"fresh"``) and its settings:
         ``evaluator`` (runner, interleaved), ``runner`` (``"local"``: ``LocalRunner``, with
-        ``alloc_repeat``),
+        ``alloc_repeat``; ``"rpc"``/``"rpc-ms"``: ``rpc_runner``, interleaved or MetaSchedule's
+        ``RPCRunner``, through a tracker and one server started on this machine),
         ``number``/``min_repeat_ms``/``rounds`` (fresh), ``env`` (variables set for the
         process), ``load`` (busy processes running beside the measurement), ``fill``
         (``"uniform"``: floats in [-1, 1); ``"measure"``: TVM's ``random_fill_for_measure``,
@@ -403,12 +405,24 @@ class _RoundsHere:
         return batch_futures(time_in_rounds(None, None, self.evaluator, inputs))
 
 
-def _mode_runner(mode, evaluator):
-    """The runner of a ``runner`` or ``interleaved`` mode."""
+def _mode_runner(mode, evaluator, stack):
+    """The runner of a ``runner`` or ``interleaved`` mode (``stack``: an ``ExitStack`` that
+    holds what the runner needs while it runs: an RPC cluster)."""
     from ms_droplet.measure import default_runner
 
     if mode["kind"] == "interleaved":
         return _RoundsHere(evaluator)
+    if mode.get("runner") in ("rpc", "rpc-ms"):
+        from ms_droplet.rpc import rpc_runner
+        from ms_droplet.testing import local_rpc_cluster
+
+        cluster = stack.enter_context(local_rpc_cluster(1, key="fidelity"))
+        return rpc_runner(
+            cluster.tracker,
+            cluster.key,
+            evaluator_config=evaluator,
+            interleaved=mode["runner"] == "rpc",
+        )
     if mode.get("runner") == "local":
         from tvm.s_tir.meta_schedule.runner import LocalRunner
 
@@ -433,10 +447,10 @@ def _run_runner(mods, target, mode):
     from ms_droplet.measure import result_run_secs
 
     evaluator = EvaluatorConfig(**dict(evaluator_settings(), **(mode.get("evaluator") or {})))
-    runner = _mode_runner(mode, evaluator)
     device = "cuda" if target.kind.name == "cuda" else "cpu"
     samples: list[list[float]] = [[] for _ in mods]
-    with FastBuilder() as builder:
+    with contextlib.ExitStack() as stack, FastBuilder() as builder:
+        runner = _mode_runner(mode, evaluator, stack)
         for call in range(int(mode.get("calls", 1))):
             order = _order(len(mods), int(mode.get("seed", 0)) + call)
             for start in range(0, len(order), TUNING_BATCH):
