@@ -397,7 +397,7 @@ def _cli_error(argv, capsys) -> str:
     [
         (["--model", "vgg"], "argument --model: unknown model 'vgg'; use one of resnet18, "
          "transformer, mlp"),
-        ([], "the following arguments are required: --model"),
+        ([], "one of the arguments --model --onnx --relax is required"),
         (["--model", "mlp", "--batch-size", "0"], "--batch-size must be an integer >= 1, got '0'"),
         (["--model", "mlp", "--trials", "x"], "--trials must be an integer >= 1, got 'x'"),
         (["--model", "mlp", "--trials", "8", "--max-trials-per-task", "9"],

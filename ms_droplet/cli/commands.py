@@ -147,14 +147,59 @@ def tune(args: argparse.Namespace) -> TuneResult:
     return TuneResult(workload=label, kernel=kernel)
 
 
-def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
-    """Run `tune-model`: tune a zoo model, compile it, check it and time it against untuned."""
+def load_model_source(args: argparse.Namespace):
+    """The model `tune-model` tunes (a zoo model, an ONNX file or a TVMScript file), loaded and
+    checked before anything is written: a bad file is a usage error naming it and the fix."""
     # pylint: disable=import-outside-toplevel
     from .. import models
+    from ..relax.sources import ModelInputError, load_onnx, load_relax_script, parse_input_shape
+
+    if args.input_shape and args.onnx is None:
+        raise UsageError(
+            f"--input-shape ({args.input_shape[0]!r}) applies to --onnx only; a zoo model "
+            "takes --batch-size, a TVMScript module has its shapes written in it"
+        )
+    if args.batch_size is not None and args.model is None:
+        raise UsageError(
+            f"--batch-size ({args.batch_size}) applies to --model only; give the input's whole "
+            "shape with --input-shape NAME=D1,D2,... (--onnx) or write it in the module (--relax)"
+        )
+    try:
+        if args.onnx is not None:
+            shapes: dict[str, tuple[int, ...]] = {}
+            for text in args.input_shape:
+                name, shape = parse_input_shape(text)
+                if name in shapes:
+                    raise ModelInputError(f"--input-shape: input {name!r} is given twice")
+                shapes[name] = shape
+            return load_onnx(args.onnx, shapes)
+        if args.relax is not None:
+            return load_relax_script(args.relax)
+    except ModelInputError as err:
+        raise UsageError(str(err)) from None
+    return models.get_model(args.model, batch_size=args.batch_size or 1)
+
+
+def _describe_model(model) -> str:
+    """``mlp (batch 1)`` for a zoo model; ``model.onnx (input 1x784 float32)`` otherwise."""
+    if getattr(model, "source", "zoo") == "zoo":
+        return f"{model.name} (batch {model.options.get('batch_size', 1)})"
+    shapes = ", ".join(
+        f"{spec.name} {'x'.join(map(str, spec.shape))} {spec.dtype}" for spec in model.inputs
+    )
+    return f"{model.name} ({shapes})"
+
+
+def tune_model_command(args: argparse.Namespace, model) -> ModelRunResult:
+    """Run `tune-model` on ``model`` (:func:`load_model_source`): tune it, compile it, check it
+    (against the untuned build; an ONNX model also against ONNX Runtime) and time it against
+    the untuned build; export it if asked and its outputs match."""
+    # pylint: disable=import-outside-toplevel
     from .. import relax as droplet_relax
     from ..builder import FastBuilder
     from ..interrupt import stop_requested
     from ..kernel import TrialMonitor
+    from ..relax.sources import ModelInputError, reference_comparison
     from ..target import parse_target
 
     if args.max_trials_per_task is not None and args.max_trials_per_task > args.trials:
@@ -163,7 +208,6 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
             f"({args.trials}); lower it or raise --trials"
         )
     target = parse_target(args.target)
-    model = models.get_model(args.model, batch_size=args.batch_size)
     os.makedirs(args.work_dir, exist_ok=True)
     runner = make_runner(args)  # an RPC tracker is checked before anything starts
     monitor = TrialMonitor(
@@ -194,15 +238,25 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
     untuned = droplet_relax.compile_untuned(tuned.mod, target)
     arguments = model.random_arguments(seed=args.seed)
     numerics = droplet_relax.compare_outputs(untuned, tuned.executable, model.entry, arguments)
+    reference, reference_note = None, ""
+    if getattr(model, "source", "zoo") == "onnx":
+        try:
+            reference = reference_comparison(model, tuned.executable, arguments)
+        except ModelInputError as err:  # onnxruntime is not installed
+            reference_note = str(err)
     latency = droplet_relax.measure_latency(
         {"untuned": untuned, "tuned": tuned.executable},
         model.entry,
         arguments,
         rounds=args.latency_rounds,
     )
+    exported = None
+    if args.export is not None and numerics.ok and (reference is None or reference.ok):
+        exported = export_library(tuned.executable, args.export)
     return ModelRunResult(
-        model=args.model,
-        batch_size=args.batch_size,
+        model=model.name,
+        batch_size=getattr(model, "options", {}).get("batch_size"),
+        description=_describe_model(model),
         tuned=tuned,
         untuned_secs=latency["untuned"].median,
         tuned_secs=latency["tuned"].median,
@@ -211,7 +265,29 @@ def tune_model_command(args: argparse.Namespace) -> ModelRunResult:
         wall_secs=time.perf_counter() - start,
         failures=dict(monitor.failures),
         measured=monitor.trials,
+        reference=reference,
+        reference_note=reference_note,
+        exported=exported,
+        entry=model.entry,
     )
+
+
+def export_library(executable, path: str) -> str:
+    """Write ``executable`` as a shared library at ``path``, whole or not at all: it is written
+    beside it under a temporary name, then renamed."""
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".so"
+    handle, partial = tempfile.mkstemp(prefix=".ms-droplet-export-", suffix=suffix, dir=folder)
+    os.close(handle)
+    try:
+        executable.export_library(partial)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return os.path.abspath(path)
 
 
 class _Interrupted(Exception):
@@ -318,6 +394,18 @@ def _check_outputs(args: argparse.Namespace) -> None:
                 f"--json {args.json!r}: no such directory {folder!r}; create it, write the "
                 "JSON elsewhere, or give --json - for stdout"
             )
+    if getattr(args, "export", None) is not None:
+        folder = os.path.dirname(os.path.abspath(args.export))
+        if not os.path.isdir(folder):
+            raise UsageError(
+                f"--export {args.export!r}: no such directory {folder!r}; create it or export "
+                "elsewhere"
+            )
+        if os.path.splitext(args.export)[1] not in (".so", ".dylib", ".dll", ".tar"):
+            raise UsageError(
+                f"--export {args.export!r}: give a file name ending in .so (a shared library; "
+                ".tar for the object files)"
+            )
     if getattr(args, "plot", None) is not None:
         from .plot import check_plot_path  # pylint: disable=import-outside-toplevel
 
@@ -330,7 +418,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``ms-droplet`` and ``python -m ms_droplet``.
 
-    Exit status: 0; 1 when `tune-model`'s tuned outputs differ from the untuned model's; 2 for
+    Exit status: 0; 1 when `tune-model`'s tuned outputs differ from the untuned model's (or an
+    ONNX model's from ONNX Runtime's); 2 for
     a usage error; 3 (:data:`ms_droplet.failures.EXIT_ALL_FAILED`) when every candidate of
     the run failed to build or run; 128 + the signal number when stopped by SIGINT/SIGTERM.
     """
@@ -351,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_outputs(args)
         if args.command == "tune-model":
-            model_result = _guarded(args.work_dir, lambda: tune_model_command(args))
+            model = load_model_source(args)  # a bad model file: nothing written
+            model_result = _guarded(args.work_dir, lambda: tune_model_command(args, model))
         else:
             result = _guarded(args.work_dir, lambda: tune(args))
     except UsageError as err:
@@ -369,7 +459,12 @@ def main(argv: list[str] | None = None) -> int:
         print(report.format_model_result(model_result), file=table_out)
         if args.json is not None:
             report.write_json(args.json, report.model_result_json(model_result))
-        if not model_result.numerics.ok:
+        reference = model_result.reference
+        if not model_result.numerics.ok or (reference is not None and not reference.ok):
+            if reference is not None and not reference.ok:
+                print(f"ms-droplet: {reference.message()}", file=sys.stderr)
+            if args.export is not None:
+                print(f"ms-droplet: {args.export} not written: wrong outputs", file=sys.stderr)
             return 1  # wrong outputs outrank an untuned model
         return _all_failed(model_result.failures, model_result.measured, model_result.all_failed)
     print(report.format_result(result), file=table_out)

@@ -198,26 +198,46 @@ def _add_tune_parser(sub) -> None:
 def _add_tune_model_parser(sub) -> None:
     model = sub.add_parser(
         "tune-model",
-        help="tune a whole Relax model of the zoo, compile it and compare it with the untuned "
-        "build",
-        description="Tune every task of a model of ms_droplet.models under one budget, compile "
-        "it with the database, check its output against the untuned build and time both side "
-        "by side.",
+        help="tune a whole model (the zoo, an ONNX file, a Relax TVMScript file), compile it "
+        "and compare it with the untuned build",
+        description="Tune every task of a model under one budget, compile it with the database, "
+        "check its output against the untuned build (and an ONNX model's against ONNX "
+        "Runtime), time both builds side by side, and optionally export the tuned library.",
     )
-    model.add_argument(
+    source = model.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--model",
-        required=True,
         type=_model_name,
         metavar="{" + ",".join(MODEL_NAMES) + "}",
-        help="the model: resnet18 (224x224 images), transformer (one encoder block, "
+        help="a model of the zoo: resnet18 (224x224 images), transformer (one encoder block, "
         "sequence 128, d_model 512), mlp (784-512-256-10)",
+    )
+    source.add_argument(
+        "--onnx",
+        metavar="FILE.onnx",
+        help='an ONNX model (needs pip install "ms-droplet[onnx]"); fix dynamic input '
+        "dimensions with --input-shape",
+    )
+    source.add_argument(
+        "--relax",
+        metavar="FILE.py",
+        help="a Python file defining one Relax IRModule in TVMScript (@I.ir_module), entry "
+        "main, static shapes",
+    )
+    model.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,...",
+        help="--onnx: the shape of input NAME, e.g. input=1,3,224,224 (needed for a dynamic "
+        "dimension such as a symbolic batch); repeat for several inputs",
     )
     _add_count(
         model,
         "--batch-size",
         1,
-        default=1,
-        help="batch size of the model input (default 1)",
+        default=None,
+        help="--model: batch size of the model input (default 1)",
     )
     tuning, _ = add_shared_options(
         model,
@@ -231,6 +251,14 @@ def _add_tune_model_parser(sub) -> None:
         1,
         default=None,
         help="cap of one task (default: no cap below --trials)",
+    )
+    model.add_argument(
+        "--export",
+        default=None,
+        metavar="FILE.so",
+        help="write the tuned, compiled model as a shared library (load it with "
+        "tvm.runtime.load_module and run it with tvm.relax.VirtualMachine); written only when "
+        "its outputs match",
     )
     _add_count(
         model,

@@ -48,7 +48,7 @@ class ModelRunResult:
     """What one `tune-model` run found: the tuning result and the side-by-side comparison."""
 
     model: str
-    batch_size: int
+    batch_size: int | None  # a zoo model's; None for a model from a file
     tuned: object  # ms_droplet.relax.ModelTuneResult
     untuned_secs: float
     tuned_secs: float
@@ -57,6 +57,11 @@ class ModelRunResult:
     wall_secs: float
     failures: dict[str, int] = field(default_factory=dict)  # cause -> failed candidates
     measured: int = 0  # candidates the measure callback saw (all tasks)
+    reference: object = None  # ms_droplet.relax.sources.ReferenceComparison (ONNX models)
+    reference_note: str = ""  # why there is no reference comparison for an ONNX model
+    exported: str | None = None  # the library written by --export
+    entry: str = "forward"  # the Relax function to run
+    description: str = ""  # the model as the table names it: its inputs' shapes, or batch size
 
     @property
     def all_failed(self) -> bool:
@@ -155,7 +160,7 @@ def format_model_result(result: ModelRunResult, name_width: int = 60) -> str:
     missing = tuned.no_valid_trial
     numerics = result.numerics
     summary = [
-        ("model", f"{result.model} (batch {result.batch_size})"),
+        ("model", result.description or f"{result.model} (batch {result.batch_size})"),
         ("target", str(tuned.target)),
         ("strategy", tuned.strategy),
         ("trials", f"{tuned.trials} of {tuned.max_trials_global} over {len(tuned.tasks)} tasks"),
@@ -185,6 +190,23 @@ def format_model_result(result: ModelRunResult, name_width: int = 60) -> str:
             f"max rel diff {numerics.max_rel_diff:.3g}; rtol {numerics.rtol:g}, "
             f"atol {numerics.atol:g})",
         ),
+    ]
+    reference = result.reference
+    if reference is not None:
+        summary.append(
+            (
+                f"output vs {reference.reference}",
+                f"{'match' if reference.ok else 'MISMATCH'} (max abs diff "
+                f"{reference.max_abs_diff:.3g}, max rel diff {reference.max_rel_diff:.3g}, "
+                f"largest in {reference.worst!r}; rtol {reference.rtol:g}, "
+                f"atol {reference.atol:g})",
+            )
+        )
+    elif result.reference_note:
+        summary.append(("output vs ONNX Runtime", f"not compared: {result.reference_note}"))
+    if result.exported:
+        summary.append(("exported", f"{result.exported} (entry {result.entry!r})"))
+    summary += [
         ("tuning time", f"{tuned.tune_secs:.1f} s (compile {tuned.compile_secs:.1f} s)"),
         ("wall time", f"{result.wall_secs:.1f} s"),
         ("database", _database(tuned.work_dir)),
@@ -248,12 +270,27 @@ def model_result_json(result: ModelRunResult) -> dict:
     tuned = result.tuned
     numerics = result.numerics
     document = _common("tune-model", tuned, result.tuned_secs, result.wall_secs)
-    document.update(model=result.model, batch_size=result.batch_size)
+    document.update(model=result.model, batch_size=result.batch_size, entry=result.entry)
     document.update(untuned_secs=result.untuned_secs, speedup=result.speedup)
     document.update(latency_rounds=result.latency_rounds, output_match=bool(numerics.ok))
     document.update(max_abs_diff=numerics.max_abs_diff, max_rel_diff=numerics.max_rel_diff)
     document.update(max_trials=tuned.max_trials_global, no_valid_trial=tuned.no_valid_trial)
     document.update(tune_secs=tuned.tune_secs, compile_secs=tuned.compile_secs)
+    reference = result.reference
+    document["reference"] = (
+        None
+        if reference is None
+        else {
+            "framework": reference.reference,
+            "match": bool(reference.ok),
+            "max_abs_diff": reference.max_abs_diff,
+            "max_rel_diff": reference.max_rel_diff,
+            "worst_output": reference.worst,
+            "rtol": reference.rtol,
+            "atol": reference.atol,
+        }
+    )
+    document["exported"] = result.exported
     document["failures"] = dict(result.failures)
     document["tasks"] = tuned.tasks
     return _plain(document)

@@ -35,6 +35,9 @@ The package, by concern (each module imports only those listed before it):
   :func:`extract_model_tasks`, :func:`compile_untuned`.
 * :mod:`~ms_droplet.relax.evaluate`: :func:`run_model`, :func:`compare_outputs`,
   :func:`measure_latency` (any executable, tuned or not).
+* :mod:`~ms_droplet.relax.sources`: models from files and frameworks (:func:`load_onnx`,
+  :func:`load_relax_script`, :func:`load_torch`) and ONNX Runtime as an ONNX model's
+  reference (:func:`check_against_onnxruntime`).
 * :mod:`~ms_droplet.relax.tune`: :func:`tune_model`, :class:`ModelTuneResult`,
   :class:`TaskRow`.
 * :mod:`~ms_droplet.relax.route`: :func:`pipeline_strategy`, :class:`PipelineRoute`,
@@ -56,9 +59,25 @@ from .route import (
     pipeline_route_active,
     pipeline_strategy,
 )
+from .sources import (
+    ImportedModel,
+    ModelInputError,
+    NumericsMismatchError,
+    check_against_onnxruntime,
+    load_onnx,
+    load_relax_script,
+    load_torch,
+)
 from .tune import ModelTuneResult, TaskRow, tune_model
 
 __all__ = [
+    "ImportedModel",
+    "ModelInputError",
+    "NumericsMismatchError",
+    "check_against_onnxruntime",
+    "load_onnx",
+    "load_relax_script",
+    "load_torch",
     "TUNE_RELAX_GLOBAL",
     "TUNE_TIR_GLOBAL",
     "Latency",
