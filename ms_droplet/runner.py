@@ -365,6 +365,12 @@ class _Lane:
             self.worker = None  # killed by call()
         return outcome
 
+    def close(self) -> None:
+        """Stop the worker, if one runs (a later call starts a new one)."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
 
 Result = tuple[list[float] | None, str | None]
 
@@ -479,6 +485,13 @@ class InterleavedRunner(PyRunner):
             )
         return self._fallback
 
+    def shutdown(self) -> None:
+        """Stop the worker process and the fallback's pool; a later batch starts them again."""
+        self.lane.close()
+        if self._fallback is not None:
+            self._fallback.pool.shutdown()
+            self._fallback = None
+
     def run(self, runner_inputs: list[RunnerInput]) -> list[RunnerFuture]:
         """Time ``runner_inputs`` in interleaved rounds; return one finished future each."""
         inputs = batch_inputs(runner_inputs)
@@ -581,6 +594,15 @@ class InterleavedRPCRunner(PyRunner):
                 initializer=self.initializer,
             )
         return self._fallback
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (their sessions end) and the fallback's pool; a later
+        batch starts them again."""
+        for lane in self.lanes:
+            lane.close()
+        if self._fallback is not None:
+            self._fallback.pool.shutdown()
+            self._fallback = None
 
     def _share(self, lane: _Lane, inputs: list[tuple[str, str, tuple]]):
         # The server ends a session past this: a backstop, the limits below come first.

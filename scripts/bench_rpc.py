@@ -217,7 +217,7 @@ def tune_through_tracker(mod, target, work_dir, servers, builder, args, trials=N
         wall = time.perf_counter() - start
         load_after = os.getloadavg()
         sessions = [session_times(server.log_path) for server in cluster.servers]
-        runner.pool.shutdown()
+        runner.shutdown()  # its worker processes and their sessions
     (report,) = strategy.reports
     return {
         "servers": servers,
@@ -263,7 +263,7 @@ def run_settings(args):
         "warmup_run": not args.no_warmup,
         "run_order": run_order(args.pairs),
         "evaluator_config": evaluator_settings(),
-        "runner": "ms_droplet.rpc.rpc_runner (MetaSchedule RPCRunner), one parallel session "
+        "runner": "ms_droplet.rpc.rpc_runner (InterleavedRPCRunner), one parallel session "
         "per server",
         "session_timeout_s": args.session_timeout,
         "candidate_timeout_s": args.session_timeout + CONNECT_MARGIN_SEC,

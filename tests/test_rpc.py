@@ -419,6 +419,12 @@ def test_interleaved_rpc_runner_times_a_batch_per_server_in_rounds(cluster, buil
     assert results[1].error_msg.startswith("InterleavedRPCRunner: An exception occurred")
     for result in (results[0], results[2]):
         assert result.error_msg is None and len(valid_run_secs(result.run_secs)) == 3
+    # shutdown() stops its worker processes; a later batch starts them again.
+    workers = [lane.worker for lane in runner.lanes if lane.worker is not None]
+    assert workers
+    runner.shutdown()
+    assert all(w.proc.poll() is not None for w in workers)
+    assert [len(valid_run_secs(f.result().run_secs)) for f in runner.run(built[:1])] == [3]
 
 
 def test_remote_rounds_refuse_a_session_whose_server_died(built):
