@@ -190,9 +190,10 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
     assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
 
 
-def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_target, droplet_log):
-    # A small population keeps the exploration batches cheap.
-    strategy = DropletSearch(
+def _kicking_strategy():
+    """Two kicks before one restart, from step-1 descents; a small population keeps the
+    exploration batches cheap."""
+    return DropletSearch(
         exploration_trials=2,
         max_step=1,
         max_restarts=1,
@@ -201,6 +202,10 @@ def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_ta
         population_size=64,
         genetic_num_iters=1,
     )
+
+
+def test_kicks_come_before_a_restart_and_never_start_on_a_known_schedule(host_target, droplet_log):
+    strategy = _kicking_strategy()
     batches, _ = drive(strategy, host_target, 400, 8, cost_model=OracleModel())
     (report,) = strategy.reports
     text = droplet_log.text()
@@ -226,15 +231,7 @@ def test_a_kick_whose_start_fails_is_a_failed_kick_not_the_end(host_target, drop
             return True
         return False
 
-    strategy = DropletSearch(
-        exploration_trials=2,
-        max_step=1,
-        max_restarts=1,
-        kicks=2,
-        kick_size=2,
-        population_size=64,
-        genetic_num_iters=1,
-    )
+    strategy = _kicking_strategy()
     drive(strategy, host_target, 400, 8, cost_model=OracleModel(), failing=failing)
     (report,) = strategy.reports
     text = droplet_log.text()
