@@ -346,7 +346,8 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         # Seed-major: a run cut short leaves whole seeds of every kernel, not whole kernels.
         todo = [("explore", (kernel, seed)) for seed in seeds for kernel in kernels]
     else:
-        todo = [("tune", (k, s, v)) for k in kernels for s in seeds for v in names]
+        # Seed-major, as above.
+        todo = [("tune", (k, s, v)) for s in seeds for k in kernels for v in names]
         # The longest runs first: a 4x-budget run started last would end alone, cores idle.
         todo.sort(key=lambda job: -args.variants[job[1][2]].get("trials", args.trials))
     free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]
