@@ -25,7 +25,9 @@ time clocked. Then every build (ONNX Runtime with as many threads as the process
 the untuned TVM build and the tuned ones) is checked against ONNX Runtime's output and timed
 in one process, interleaved: ``--rounds`` rounds, each build called repeatedly for at least
 ``--round-ms`` per round (one mean per round), the medians compared. JSON, Markdown and a plot
-of model latency against tuning time.
+of model latency against tuning time: the measured builds, and each run's curve as the tuner
+saw it (after each batch, the weighted sum of the tasks' best times so far).
+Each run's work_dir (database, logs) is kept as ``work/MODEL_VARIANT.tar.xz`` under ``--out``.
 
 Examples::
 
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -100,10 +103,12 @@ def parse_variant(text: str) -> tuple[str, float]:
 
 
 def tune_variant(model, target, work_dir, strategy, budget, args):
-    """Tune ``model`` with ``strategy`` for ``budget`` trials; the result and its seconds."""
+    """Tune ``model`` with ``strategy`` for ``budget`` trials; the result, its seconds and its
+    curve (:func:`model_curve`)."""
     from ms_droplet import FastBuilder
     from ms_droplet.relax import tune_model
 
+    callback, curve = model_curve()
     start = time.perf_counter()
     with FastBuilder() as builder:
         result = tune_model(
@@ -114,9 +119,49 @@ def tune_variant(model, target, work_dir, strategy, budget, args):
             strategy=strategy,
             num_trials_per_iter=args.trials_per_iter,
             builder=builder,
+            measure_callbacks=[callback],
             seed=args.seed,
         )
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, curve
+
+
+def model_curve():
+    """A measure callback and the curve it fills: after each measured batch,
+    ``[seconds since it was made, trials, estimated model seconds]``, the estimate being the
+    sum over tasks of weight x best mean time so far (what MetaSchedule's task scheduler
+    prints as its total latency), None until every task has a valid time."""
+    # pylint: disable=import-outside-toplevel
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    from ms_droplet._samples import mean_run_secs, result_run_secs
+
+    start, best, points = time.perf_counter(), {}, []
+
+    @derived_object
+    class ModelCurve(PyMeasureCallback):
+        """Adds a point to ``points`` after each batch."""
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, results):
+            task_id = int(task_id)
+            for built, result in zip(builder_results, results):
+                samples = [] if built.error_msg is not None else result_run_secs(result)
+                if samples:
+                    best[task_id] = min(best.get(task_id, float("inf")), mean_run_secs(samples))
+            records = task_scheduler.tasks_
+            total = None
+            if len(best) == len(records):
+                total = sum(float(records[i].task_weight) * secs for i, secs in best.items())
+            trials = (points[-1][1] if points else 0) + len(results)
+            points.append([round(time.perf_counter() - start, 3), trials, total])
+
+    return ModelCurve(), points
+
+
+def keep_work_dir(work_dir, archive_base):
+    """Keep a run's database and logs: ``archive_base + ".tar.xz"``; its path."""
+    os.makedirs(os.path.dirname(archive_base), exist_ok=True)
+    return shutil.make_archive(archive_base, "xztar", root_dir=work_dir)
 
 
 def timers(builds, model, onnx_path, arguments):
@@ -188,8 +233,9 @@ def run_model_benchmark(name, args, target, scratch):
         trials = max(1, round(budget * fraction))
         print(f"  {label}: {trials} trials ...", flush=True)
         work_dir = os.path.join(scratch, f"{name}_{label}")
-        result, seconds = tune_variant(model, target, work_dir, strategy, trials, args)
+        result, seconds, curve = tune_variant(model, target, work_dir, strategy, trials, args)
         builds[label] = result.executable
+        kept = keep_work_dir(work_dir, os.path.join(args.out, "work", f"{name}_{label}"))
         variants.append(
             {
                 "name": label,
@@ -198,6 +244,8 @@ def run_model_benchmark(name, args, target, scratch):
                 "max_trials": trials,
                 "trials": result.trials,
                 "tune_s": seconds,
+                "curve": curve,
+                "work_dir_archive": os.path.relpath(kept, args.out),
                 "tasks_without_valid_trial": list(result.no_valid_trial),
                 "tasks": [
                     {
@@ -294,14 +342,32 @@ def plot(doc, path):
     fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         builds = {row["name"]: row for row in model["builds"]}
-        for strategy, marker in (("evolutionary", "s"), ("droplet", "o")):
+        for strategy, marker, color in (
+            ("evolutionary", "s", "tab:blue"),
+            ("droplet", "o", "tab:orange"),
+        ):
             points = sorted(
                 (row["tune_s"], row["median_s"] * 1e3)
                 for row in model["builds"]
                 if row.get("strategy") == strategy
             )
             if points:
-                ax.plot(*zip(*points), marker=marker, label=strategy)
+                ax.plot(
+                    *zip(*points), marker=marker, color=color, label=f"{strategy} (measured build)"
+                )
+            for row in model["builds"]:
+                if row.get("strategy") != strategy:
+                    continue
+                # The tuner's estimate, once every task has a valid time.
+                curve = [(p[0], p[2] * 1e3) for p in row.get("curve", []) if p[2] is not None]
+                if curve:
+                    ax.plot(
+                        *zip(*curve),
+                        linewidth=0.8,
+                        alpha=0.6,
+                        color=color,
+                        label=f"{row['name']}: sum of task bests in tuning",
+                    )
         for name, style in (("onnxruntime", "--"), ("untuned", ":")):
             if name in builds:
                 ax.axhline(builds[name]["median_s"] * 1e3, linestyle=style, color="gray")
@@ -310,7 +376,7 @@ def plot(doc, path):
         ax.set_xlabel("tuning time (s)")
         ax.set_ylabel("model latency (ms)")
         ax.set_yscale("log")
-        ax.legend()
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -160,8 +160,12 @@ def _median(values):
 
 
 def session_times(log_path):
-    """Per session of one server's log: seconds from connection to end, from the module loaded
-    to the end (allocation, timing, cleanup), and from the end to the next connection."""
+    """Per session of one server's log: seconds from connection to end, from the last module
+    loaded to the end (the timing rounds, cleanup), and from the end to the next connection.
+
+    With the interleaved runner a session is a batch's share of one server (every candidate
+    uploaded, loaded and called once, then all timed in rounds); with MetaSchedule's RPCRunner
+    it is one candidate."""
     events = []
     with open(log_path, encoding="utf-8") as f:
         for line in f:
@@ -368,15 +372,16 @@ def markdown(env, setup, runs, summary):
         "",
         "Columns: *measure s* runs from the runner's `run()` to the end of the batch's results "
         "(sessions: tracker request, upload, link with g++, load, timing); *session s*, *after "
-        "load s* and *between sessions s* are medians from the servers' logs: connection to end "
-        "of a session, module loaded to end (allocation, timing, cleanup), and end of a session "
-        "to the server's next connection; *search s* is the "
-        "rest of the wall time (evolutionary generation, descent, cost-model updates, task "
-        "scheduler); *best recorded* is the best mean time the runner recorded (over RPC); "
-        "*best re-measured* times every run's best schedule afterwards in the benchmark process "
-        f"(no RPC, `time_evaluator` number=10), interleaved, {setup['rounds']} rounds (median): "
-        "compare it within its column only; *correct* checks its output against "
-        f"{setup['reference']}.",
+        "load s* and *between sessions s* are medians from the servers' logs: connection to end"
+        " of a session (a session is one batch's share of a server: every candidate uploaded, "
+        "loaded and called once, then all timed in rounds), last module loaded to end (the "
+        "timing rounds, cleanup), and end of a session to the server's next connection; *search"
+        " s* is the rest of the wall time (evolutionary generation, descent, cost-model "
+        "updates, task scheduler); *best recorded* is the best mean time the runner recorded "
+        "(over RPC); *best re-measured* times every run's best schedule afterwards in the "
+        f"benchmark process (no RPC, `time_evaluator` number=10), interleaved, {setup['rounds']}"
+        " rounds (median): compare it within its column only; *correct* checks its output "
+        f"against {setup['reference']}.",
         "",
         "## What the ratio means here, and what it does not",
         "",
@@ -392,15 +397,16 @@ def markdown(env, setup, runs, summary):
         "concurrent servers are perturbed by that competition (the re-measured column compares "
         "what each run found, fairly).",
         f"- Measuring ran {summary['run_phase_ratio_2_over_1']:.2f}x faster with two servers "
-        "although they share the cores. With one server, a candidate took "
-        f"{one['median_measure_s_per_trial']:.3f} s of measuring; in the server's log a session "
-        f"lasted {_num(one['median_session_s'], 3)} s from connection to end "
-        f"({_num(one['median_after_load_s'], 3)} s of it after the module was loaded: "
-        f"allocation, timing of at least {ev['repeat']} x {ev['min_repeat_ms']} ms, cleanup), and "
-        f"{_num(one['median_between_sessions_s'], 3)} s passed between the end of a session and "
-        "the next connection (the result going back, a new tracker request, the server "
-        "registering again). Most of a candidate's time is not the kernel's timing, and two "
-        "servers run those parts side by side.",
+        "although they share the cores. With one server, measuring took "
+        f"{one['median_measure_s_per_trial']:.3f} s a candidate. Each server gets one session "
+        "per batch, its share of the batch: in the server's log a session lasted "
+        f"{_num(one['median_session_s'], 3)} s from connection to end "
+        f"({_num(one['median_after_load_s'], 3)} s of it after its last module was loaded: the "
+        f"rounds of timing, each candidate at least {ev['repeat']} x {ev['min_repeat_ms']} ms, "
+        f"and cleanup), and {_num(one['median_between_sessions_s'], 3)} s passed between the "
+        "end of a session and the next connection (the results going back, the next batch's "
+        "search and builds, a new tracker request). Two servers split a batch, so the uploads, "
+        "links, loads and timings of its halves run side by side.",
         "- Only measurement overlaps across servers; search and builds do not. With one server, "
         f"measuring took {share:.0%} of the wall time here: halving that part alone would make "
         f"the whole run {1 / (1 - share / 2):.2f}x faster (Amdahl). Search time also varies "
