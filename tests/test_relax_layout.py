@@ -73,6 +73,7 @@ def test_relax_package_exports_its_api():
         "OutputComparison",
         "TaskRow",
         "canonicalize_model",
+        "compare_arrays",
         "compare_outputs",
         "compile_untuned",
         "extract_model_tasks",

@@ -177,6 +177,27 @@ def test_a_mismatch_names_the_output_and_the_largest_difference():
     assert "output 'probs' of the compiled model differs from ONNX Runtime's" in result.message()
     with pytest.raises(NumericsMismatchError, match="shape"):
         compare_with_reference([np.zeros(3)], [np.zeros(4)])
+    with pytest.raises(NumericsMismatchError, match="1 outputs where the reference has 2"):
+        compare_with_reference(expected, actual[:1])
+
+
+def test_one_rule_for_nan_and_zero_in_both_comparisons():
+    """compare_arrays (the untuned build as reference) and compare_with_reference (ONNX
+    Runtime) report the same numbers: NaN in both places is equal, in one only an infinite
+    difference; the relative difference skips elements whose reference is zero."""
+    from ms_droplet.relax import compare_arrays
+
+    expected = [np.array([0.0, 2.0, np.nan, 4.0])]
+    actual = [np.array([1e-5, 2.002, np.nan, 4.0])]
+    ours = compare_arrays(expected, actual)
+    theirs = compare_with_reference(expected, actual)
+    for result in (ours, theirs):
+        assert result.max_abs_diff == pytest.approx(2e-3)
+        assert result.max_rel_diff == pytest.approx(1e-3)  # not 1e-5 / 0
+        assert not result.ok  # 2e-3 > 1e-4 + 1e-4 * 2
+    assert compare_arrays(expected, [np.array([0.0, 2.0, np.nan, 4.0])]).ok
+    one_nan = compare_arrays(expected, [np.array([0.0, 2.0, 3.0, 4.0])])
+    assert one_nan.max_abs_diff == np.inf and not one_nan.ok and one_nan.worst == "output 0"
 
 
 # ------------------------------------------------------------------ the command line

@@ -199,7 +199,7 @@ def tune_model_command(args: argparse.Namespace, model) -> ModelRunResult:
     from ..builder import FastBuilder
     from ..interrupt import stop_requested
     from ..kernel import TrialMonitor
-    from ..relax.sources import ModelInputError, reference_comparison
+    from ..relax.sources import ModelInputError, compare_with_reference, onnxruntime_outputs
     from ..target import parse_target
 
     if args.max_trials_per_task is not None and args.max_trials_per_task > args.trials:
@@ -237,13 +237,19 @@ def tune_model_command(args: argparse.Namespace, model) -> ModelRunResult:
         raise KeyboardInterrupt("stopped on request before compiling")  # _guarded reports it
     untuned = droplet_relax.compile_untuned(tuned.mod, target)
     arguments = model.random_arguments(seed=args.seed)
-    numerics = droplet_relax.compare_outputs(untuned, tuned.executable, model.entry, arguments)
+    # The tuned build runs once; its outputs are compared with both references.
+    outputs = droplet_relax.run_model(tuned.executable, model.entry, arguments)
+    numerics = droplet_relax.compare_arrays(
+        droplet_relax.run_model(untuned, model.entry, arguments), outputs
+    )
     reference, reference_note = None, ""
     if getattr(model, "source", "zoo") == "onnx":
         try:
-            reference = reference_comparison(model, tuned.executable, arguments)
+            expected = onnxruntime_outputs(model.path, arguments, model.inputs)
         except ModelInputError as err:  # onnxruntime is not installed
             reference_note = str(err)
+        else:
+            reference = compare_with_reference(expected, outputs, names=model.output_names)
     latency = droplet_relax.measure_latency(
         {"untuned": untuned, "tuned": tuned.executable},
         model.entry,

@@ -34,7 +34,7 @@ The package, by concern (each module imports only those listed before it):
 * :mod:`~ms_droplet.relax.prepare`: :func:`canonicalize_model`, :func:`prepare_for_tuning`,
   :func:`extract_model_tasks`, :func:`compile_untuned`.
 * :mod:`~ms_droplet.relax.evaluate`: :func:`run_model`, :func:`compare_outputs`,
-  :func:`measure_latency` (any executable, tuned or not).
+  :func:`compare_arrays`, :func:`measure_latency` (any executable, tuned or not).
 * :mod:`~ms_droplet.relax.sources`: models from files and frameworks (:func:`load_onnx`,
   :func:`load_relax_script`, :func:`load_torch`) and ONNX Runtime as an ONNX model's
   reference (:func:`check_against_onnxruntime`).
@@ -48,7 +48,14 @@ Every name is importable from ``ms_droplet.relax`` itself, as before the split.
 
 from __future__ import annotations
 
-from .evaluate import Latency, OutputComparison, compare_outputs, measure_latency, run_model
+from .evaluate import (
+    Latency,
+    OutputComparison,
+    compare_arrays,
+    compare_outputs,
+    measure_latency,
+    run_model,
+)
 from .prepare import canonicalize_model, compile_untuned, extract_model_tasks, prepare_for_tuning
 from .route import (
     TUNE_RELAX_GLOBAL,
@@ -87,6 +94,7 @@ __all__ = [
     "RoutedCall",
     "TaskRow",
     "canonicalize_model",
+    "compare_arrays",
     "compare_outputs",
     "compile_untuned",
     "extract_model_tasks",

@@ -16,8 +16,9 @@
 # under the License.
 """Running, timing and comparing compiled Relax builds.
 
-:func:`run_model` runs one entry function, :func:`compare_outputs` checks that two builds agree,
-:func:`measure_latency` times several builds side by side. These take any Relax executable
+:func:`run_model` runs one entry function, :func:`compare_outputs` checks that two builds agree
+(:func:`compare_arrays` compares outputs already computed), :func:`measure_latency` times
+several builds side by side. These take any Relax executable
 (tuned or not) and need nothing else of :mod:`ms_droplet.relax`.
 """
 
@@ -52,13 +53,62 @@ def run_model(executable, entry: str, arguments: Sequence[np.ndarray], device=No
 
 @dataclass(frozen=True)
 class OutputComparison:
-    """How far one build's outputs are from another's (:func:`compare_outputs`)."""
+    """How far one build's outputs are from another's (:func:`compare_arrays`).
+
+    ``worst`` names the output furthest beyond its tolerance (or closest to it when every
+    output is within)."""
 
     max_abs_diff: float
     max_rel_diff: float
     rtol: float
     atol: float
     ok: bool
+    worst: str = ""
+
+
+def compare_arrays(
+    expected: Sequence[np.ndarray],
+    actual: Sequence[np.ndarray],
+    *,
+    names: Sequence[str] = (),
+    rtol: float = 1e-4,
+    atol: float = 1e-4,
+) -> OutputComparison:
+    """Compare outputs elementwise: ``ok`` is ``numpy.allclose(actual, expected, rtol, atol,
+    equal_nan=True)`` for every output.
+
+    The differences reported: NaN in both at the same place is equal, NaN in one only is an
+    infinite difference; the relative difference is ``|actual - expected| / |expected|`` over
+    the elements whose expected value is neither zero nor NaN (those count in the absolute
+    difference only). Outputs are named by ``names``, then ``"output i"``.
+
+    Raises
+    ------
+    ValueError
+        When the number of outputs or an output's shape differs.
+    """
+    names = list(names) + [f"output {i}" for i in range(len(names), len(expected))]
+    if len(expected) != len(actual):
+        raise ValueError(f"{len(actual)} outputs where the reference has {len(expected)}")
+    max_abs, max_rel, ok = 0.0, 0.0, True
+    worst, worst_excess = (names[0] if names else ""), -np.inf
+    for name, ref, out in zip(names, expected, actual):
+        ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
+        if ref.shape != out.shape:
+            raise ValueError(f"output {name!r} has shape {out.shape}, the reference {ref.shape}")
+        if ref.size == 0:
+            continue
+        ok = ok and bool(np.allclose(out, ref, rtol=rtol, atol=atol, equal_nan=True))
+        both_nan = np.isnan(out) & np.isnan(ref)
+        diff = np.where(both_nan, 0.0, np.nan_to_num(np.abs(out - ref), nan=np.inf))
+        excess = float(np.max(diff - (atol + rtol * np.abs(np.nan_to_num(ref)))))
+        if excess > worst_excess:
+            worst, worst_excess = name, excess
+        max_abs = max(max_abs, float(np.max(diff)))
+        nonzero = (ref != 0) & ~np.isnan(ref)
+        if nonzero.any():
+            max_rel = max(max_rel, float(np.max(diff[nonzero] / np.abs(ref[nonzero]))))
+    return OutputComparison(max_abs, max_rel, rtol, atol, ok, worst)
 
 
 def compare_outputs(
@@ -70,28 +120,16 @@ def compare_outputs(
     atol: float = 1e-4,
     device=None,
 ) -> OutputComparison:
-    """Run two executables on the same arguments and compare their outputs elementwise.
+    """Run two executables on the same arguments and compare their outputs
+    (:func:`compare_arrays`).
 
-    ``ok`` is ``numpy.allclose(candidate, reference, rtol, atol)`` for every output. Default
-    tolerances are for float32: tuned schedules reorder the sums of reductions (tiling,
+    Default tolerances are for float32: tuned schedules reorder the sums of reductions (tiling,
     vectorized partial sums), which changes results by a few units in the last place of the
     partial sums, well below ``1e-4`` relative.
     """
     expected = run_model(reference, entry, arguments, device)
     actual = run_model(candidate, entry, arguments, device)
-    if len(expected) != len(actual):
-        raise ValueError(f"the builds return {len(expected)} and {len(actual)} outputs")
-    max_abs, max_rel, ok = 0.0, 0.0, True
-    for ref, out in zip(expected, actual):
-        if ref.shape != out.shape:
-            raise ValueError(f"output shapes differ: {ref.shape} and {out.shape}")
-        diff = np.abs(out.astype(np.float64) - ref.astype(np.float64))
-        max_abs = max(max_abs, float(diff.max(initial=0.0)))
-        scale = np.abs(ref.astype(np.float64))
-        rel = diff / np.where(scale > 0, scale, 1.0)
-        max_rel = max(max_rel, float(rel.max(initial=0.0)))
-        ok = ok and bool(np.allclose(out, ref, rtol=rtol, atol=atol))
-    return OutputComparison(max_abs, max_rel, rtol, atol, ok)
+    return compare_arrays(expected, actual, rtol=rtol, atol=atol)
 
 
 @dataclass(frozen=True)

@@ -442,7 +442,8 @@ def compare_with_reference(
     rtol: float = 1e-4,
     atol: float = 1e-4,
 ) -> ReferenceComparison:
-    """Compare outputs elementwise (``numpy.allclose(actual, expected, rtol, atol)`` each).
+    """Compare the compiled model's outputs ``actual`` with the reference framework's
+    ``expected`` (:func:`ms_droplet.relax.evaluate.compare_arrays`: ``numpy.allclose`` each).
 
     Raises
     ------
@@ -450,31 +451,17 @@ def compare_with_reference(
         When the number of outputs or an output's shape differs (values that differ are
         reported in the result, ``ok=False``).
     """
-    names = list(names) + [f"output {i}" for i in range(len(names), len(expected))]
-    if len(expected) != len(actual):
+    from .evaluate import compare_arrays  # pylint: disable=import-outside-toplevel
+
+    try:
+        result = compare_arrays(expected, actual, names=names, rtol=rtol, atol=atol)
+    except ValueError as err:
         raise NumericsMismatchError(
-            f"the compiled model returns {len(actual)} outputs, {reference} {len(expected)}"
-        )
-    max_abs, max_rel, ok = 0.0, 0.0, True
-    worst, worst_excess = (names[0] if names else ""), -np.inf
-    for name, ref, out in zip(names, expected, actual):
-        ref, out = np.asarray(ref, dtype=np.float64), np.asarray(out, dtype=np.float64)
-        if ref.shape != out.shape:
-            raise NumericsMismatchError(
-                f"output {name!r}: the compiled model's shape {out.shape} differs from "
-                f"{reference}'s {ref.shape}"
-            )
-        if ref.size == 0:
-            continue
-        ok = ok and bool(np.allclose(out, ref, rtol=rtol, atol=atol, equal_nan=True))
-        diff = np.abs(out - ref)
-        diff = np.where(np.isnan(out) & np.isnan(ref), 0.0, np.nan_to_num(diff, nan=np.inf))
-        excess = float(np.max(diff - (atol + rtol * np.abs(np.nan_to_num(ref)))))
-        if excess > worst_excess:
-            worst, worst_excess = name, excess
-        max_abs = max(max_abs, float(np.max(diff)))
-        max_rel = max(max_rel, float(np.max(diff / np.maximum(np.abs(ref), 1e-12))))
-    return ReferenceComparison(reference, max_abs, max_rel, worst, rtol, atol, ok)
+            f"the compiled model does not return what {reference} does: {err}"
+        ) from None
+    return ReferenceComparison(
+        reference, result.max_abs_diff, result.max_rel_diff, result.worst, rtol, atol, result.ok
+    )
 
 
 def reference_comparison(
