@@ -39,7 +39,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -70,6 +73,13 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--round-ms", type=float, default=200.0, help="each build's time a round")
     parser.add_argument("--out", default="bench_model_out", help="output folder")
+    parser.add_argument(
+        "--report",
+        nargs="+",
+        metavar="JSON",
+        help="write the Markdown of these result files and one plot of all their models to "
+        "--out, and exit",
+    )
     args = parse_with_smoke(
         parser,
         argv,
@@ -156,6 +166,40 @@ def model_curve():
             points.append([round(time.perf_counter() - start, 3), trials, total])
 
     return ModelCurve(), points
+
+
+_LOG_STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) \[INFO\] (\[task_scheduler\.cc:\d+\])?")
+_TASK_ROW = re.compile(r"^\s*\d+ \|")
+_TOTAL = re.compile(r"^Total (trials|latency \(us\)): ([0-9.eE+-]+)")
+
+
+def curve_from_scheduler_log(log_path):
+    """:func:`model_curve`'s points read back from MetaSchedule's task scheduler log (the
+    ``logs/...task_scheduler.log`` of a work_dir), for runs made without the callback. The
+    scheduler prints its table of tasks when it commits a batch, where the callback runs;
+    seconds count from the log's first line, to the second."""
+    points, start, row = [], None, None
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            stamp = _LOG_STAMP.match(line)
+            if stamp:
+                when = datetime.datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S")
+                start = start or when
+                row = {"at": when, "tasks": 0, "timed": 0} if stamp.group(2) else row
+            elif row is not None and _TASK_ROW.match(line):
+                row["tasks"] += 1
+                row["timed"] += line.split("|")[5].strip() != "N/A"
+            elif row is not None and _TOTAL.match(line):
+                kind, value = _TOTAL.match(line).groups()
+                if kind == "trials":
+                    row["trials"] = int(value)
+                elif row["tasks"]:
+                    total = float(value) * 1e-6 if row["timed"] == row["tasks"] else None
+                    seconds = (row["at"] - start).total_seconds()
+                    points.append([seconds, row.get("trials", 0), total])
+                    row = None
+    # The first table is printed before anything is measured.
+    return [p for p in points if p[1] > 0]
 
 
 def keep_work_dir(work_dir, archive_base):
@@ -383,8 +427,26 @@ def plot(doc, path):
     return path
 
 
+def report(paths, out):
+    """Markdown of several result files (each with its own setup) and one plot of them all."""
+    docs = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            docs.append(json.load(f))
+    os.makedirs(out, exist_ok=True)
+    text = "\n\n".join(markdown(doc) for doc in docs)
+    write_text(os.path.join(out, "models.md"), text)
+    print(text)
+    drawn = plot({"models": [m for doc in docs for m in doc["models"]]}, f"{out}/models.png")
+    if drawn:
+        print(f"plot: {drawn}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.report:
+        return report(args.report, args.out)
     import logging
     import shutil
     import tempfile

@@ -423,3 +423,57 @@ def test_paired_report_without_a_second_fresh_process():
     assert got["pairs"][0]["quotient"] == [None, None]
     assert got["summary"]["quotient_mean"] == [None, None]
     assert got["summary"]["second_better_spread"] == 1
+
+
+def _load_script(name):
+    _load("cli")  # the scripts import benchlib, which is not on sys.path
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# MetaSchedule's table, narrowed (its lines end in spaces; the parser does not need them).
+SCHEDULER_LOG = """\
+2026-12-01 10:11:41 [INFO] Logging directory: /tmp/w/logs
+2026-12-01 10:11:41 [INFO] [task_scheduler.cc:174] Initializing Task #0: "a"
+2026-12-01 10:11:42 [INFO] [task_scheduler.cc:344]
+ ID | Name | FLOP | Weight | Speed (GFLOPS) | Latency (us) | Weighted Latency (us) | Trials | Done
+------------------------------------------------------------------------------------------------
+  0 |    a |    1 |      1 |            N/A |          N/A |                   N/A |      0 |
+  1 |    b |    1 |      2 |            N/A |          N/A |                   N/A |      0 |
+------------------------------------------------------------------------------------------------
+Total trials: 0
+Total latency (us): 0
+
+2026-12-01 10:11:50 [INFO] [task_scheduler.cc:195] TaskScheduler picks Task #0: "a"
+2026-12-01 10:12:00 [INFO] [task_scheduler.cc:344]
+ ID | Name | FLOP | Weight | Speed (GFLOPS) | Latency (us) | Weighted Latency (us) | Trials | Done
+------------------------------------------------------------------------------------------------
+  0 |    a |    1 |      1 |         0.0100 |      10.0000 |               10.0000 |     16 |
+  1 |    b |    1 |      2 |            N/A |          N/A |                   N/A |      0 |
+------------------------------------------------------------------------------------------------
+Total trials: 16
+Total latency (us): 10
+
+2026-12-01 10:12:30 [INFO] [task_scheduler.cc:344]
+ ID | Name | FLOP | Weight | Speed (GFLOPS) | Latency (us) | Weighted Latency (us) | Trials | Done
+------------------------------------------------------------------------------------------------
+  0 |    a |    1 |      1 |         0.0100 |      10.0000 |               10.0000 |     16 |
+  1 |    b |    1 |      2 |         0.0100 |       5.0000 |               10.0000 |     16 |
+------------------------------------------------------------------------------------------------
+Total trials: 32
+Total latency (us): 20
+"""
+
+
+def test_bench_model_reads_the_curve_back_from_a_task_scheduler_log(tmp_path):
+    """The tuner's view of the model (sum of weighted task bests) once every task has a time;
+    the table printed before anything was measured is not a point."""
+    bench_model = _load_script("bench_model")
+    log = tmp_path / "task_scheduler.log"
+    log.write_text(SCHEDULER_LOG)
+    assert bench_model.curve_from_scheduler_log(str(log)) == [
+        [19.0, 16, None],
+        [49.0, 32, pytest.approx(20e-6)],
+    ]
