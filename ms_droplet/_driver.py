@@ -89,7 +89,13 @@ class DescentDriver:
         else:
             state.stop_reason = "no design space and no measured schedule to start from"
             return
-        space = TraceSpace(mod, start_trace, state.postprocs, state.replay_seed)
+        space = TraceSpace(
+            mod,
+            start_trace,
+            state.postprocs,
+            state.replay_seed,
+            snap_locations=self._options.snap_locations,
+        )
         run.space = space
         if not space.insts:
             state.stop_reason = "the schedule has no sampling decisions: exploration only"
@@ -340,6 +346,13 @@ class DescentDriver:
                 run.core.reject(vector)
             self._logger.debug("droplet: invalid neighbor %s: %s", vector, replayed.error)
             return None
+        if replayed.snapped and vector not in run.hash_of:  # counted once per neighbor
+            state.counts.snapped += 1
+            self._logger.debug(
+                "droplet: neighbor %s kept with its compute location snapped: %s",
+                vector,
+                "; ".join(replayed.snapped),
+            )
         run.hash_of[vector] = replayed.shash
         return replayed.sch
 

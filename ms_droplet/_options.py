@@ -227,6 +227,19 @@ class DropletOptions:
         "left (``None``: until the budget is spent; ``0``: never).",
         example=2,
     )
+    snap_locations: bool = _option(
+        True,
+        BoolRule(),
+        "bool",
+        "Keep a neighbor whose move made a compute location illegal, at the nearest legal "
+        "location on the root side, instead of dropping it.",
+        example=False,
+        details="A tile move can remove the loop a block was computed at. MetaSchedule's replay "
+        "then moves the block to the next outer legal loop (or the root), as it does for the "
+        "mutants of evolutionary search; droplet used to drop such neighbors as repaired (2-5 % "
+        "of the tile neighbors of C2D, DEP and CBR schedules). Any other repaired decision "
+        "still drops the neighbor.",
+    )
     rank_neighbors: bool = _option(
         False,
         BoolRule(),

@@ -171,6 +171,7 @@ class Counters:
     moves: int = 0  # accepted moves of the descent
     restarts: int = 0  # explorations after a local optimum
     kicks: int = 0  # descents begun from a jump away from the best optimum
+    snapped: int = 0  # neighbors kept with a compute location snapped to a legal one
 
 
 @dataclass
@@ -263,6 +264,7 @@ class DropletReport:
     rank_secs: float = 0.0
     failure_causes: dict = field(default_factory=dict)  # cause -> failed candidates
     kicks: int = 0
+    snapped: int = 0
 
 
 class RunState:
@@ -342,4 +344,5 @@ class RunState:
             rank_secs=self.rank_secs,
             failure_causes=dict(self.failures.by_cause),
             kicks=c.kicks,
+            snapped=c.snapped,
         )

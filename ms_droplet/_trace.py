@@ -66,11 +66,16 @@ def trace_vector(trace: Trace) -> Vector:
 
 @dataclass
 class Replayed:
-    """A replayed candidate: its postprocessed schedule and structural hash, or why it failed."""
+    """A replayed candidate: its postprocessed schedule and structural hash, or why it failed.
+
+    ``snapped`` names the compute locations that replay moved because the other decisions made
+    them illegal (``"SampleComputeLocation#i: old -> new"``); empty when none was.
+    """
 
     sch: Schedule | None
     shash: int | None
     error: str | None
+    snapped: tuple[str, ...] = ()
 
 
 def replay(mod: IRModule, trace: Trace, postprocs: Sequence, seed: int) -> Replayed:
@@ -104,12 +109,25 @@ class TraceSpace:
     seed : int
         The schedule seed used for replay (replay with full decisions does not sample; the seed
         only satisfies ``Schedule``, which rejects 0).
+    snap_locations : bool
+        What :meth:`replay` does with a candidate whose compute location the other decisions
+        made illegal (a tile move can remove the loop a block was computed at): keep it at the
+        location replay snaps it to (``True``), or reject it (``False``). Any other decision
+        that replay changes always makes the candidate invalid.
     """
 
-    def __init__(self, mod: IRModule, trace: Trace, postprocs: Sequence, seed: int) -> None:
+    def __init__(
+        self,
+        mod: IRModule,
+        trace: Trace,
+        postprocs: Sequence,
+        seed: int,
+        snap_locations: bool = True,
+    ) -> None:
         self.mod = mod
         self.postprocs = list(postprocs)
         self.seed = max(1, int(seed) % (2**31 - 1))
+        self.snap_locations = bool(snap_locations)
         self.insts = decision_instructions(trace)
         prefix = []
         for inst in trace.insts:
@@ -137,22 +155,25 @@ class TraceSpace:
         return Trace(self._prefix, decisions)
 
     def replay(self, vector: Vector) -> Replayed:
-        """Replay ``vector`` with postprocessing; a decision that replay repaired is invalid."""
+        """Replay ``vector`` with postprocessing.
+
+        A decision that replay repaired makes the candidate invalid, except a compute location
+        when ``snap_locations``: MetaSchedule's replay moves an illegal location to the nearest
+        legal one on the root side (the next outer loop, or the root), as it does for its own
+        mutants, and the candidate is that schedule (``Replayed.snapped`` says which moved).
+        Replay is deterministic, so ``vector`` always stands for the same module.
+        """
         result = replay(self.mod, self.trace_of(vector), self.postprocs, self.seed)
-        if result.sch is not None:
-            got = trace_vector(result.sch.trace)
-            if got != tuple(vector):
-                changed = [
-                    f"{self.insts[i].kind.name}#{i}: {a} -> {b}"
-                    for i, (a, b) in enumerate(zip(vector, got))
-                    if a != b
-                ]
-                return Replayed(
-                    None,
-                    None,
-                    "replay repaired an illegal decision: " + "; ".join(changed),
-                )
-        return result
+        if result.sch is None:
+            return result
+        got = trace_vector(result.sch.trace)
+        if got == tuple(vector):
+            return result
+        moved = [i for i, (a, b) in enumerate(zip(vector, got)) if a != b]
+        changed = tuple(f"{self.insts[i].kind.name}#{i}: {vector[i]} -> {got[i]}" for i in moved)
+        if self.snap_locations and all(self.insts[i].kind.name == COMPUTE_LOCATION for i in moved):
+            return Replayed(result.sch, result.shash, None, snapped=changed)
+        return Replayed(None, None, "replay repaired an illegal decision: " + "; ".join(changed))
 
     def coordinates_at(self, vector: Vector) -> list[Coordinate]:
         """The coordinates of the trace with the decisions of ``vector``.

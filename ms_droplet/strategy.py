@@ -247,7 +247,8 @@ class DropletSearch(PySearchStrategy):
             self._logger.info(
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
                 "re-measurements), %d accepted moves, %d restarts, %d kicks, %d invalid "
-                "neighbors dropped, %d duplicates skipped, %d failed measurements, best %s, "
+                "neighbors dropped, %d kept with a compute location snapped, %d duplicates "
+                "skipped, %d failed measurements, best %s, "
                 "%.2f s in descent search (%.2f s ranking neighbors); stop: %s",
                 state.trials,
                 c.exploration,
@@ -257,6 +258,7 @@ class DropletSearch(PySearchStrategy):
                 c.restarts,
                 c.kicks,
                 c.invalid,
+                c.snapped,
                 c.duplicates,
                 c.failures,
                 fmt_secs(state.pool.best),

@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 import pytest
+import tvm
 import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -596,3 +597,34 @@ def test_exploration_samples_what_evolutionary_search_alone_would(host_target):
     droplet, _ = drive(DropletSearch(exploration_trials=8), host_target, 16, 8, seed=5)
     alone, _ = drive(ms.search_strategy.EvolutionarySearch(), host_target, 8, 8, seed=5)
     assert [h for h, _ in droplet[0]] == [h for h, _ in alone[0]]
+
+
+def test_neighbors_whose_compute_location_became_illegal_are_snapped_not_dropped(host_target):
+    """C2D:0's padding block is computed under a tile loop that some tile moves remove. With
+    snap_locations (the default) such neighbors are kept at the next outer legal location and
+    counted; without it they are dropped as invalid. Every record committed replays to the
+    module that was measured."""
+    conv = create_te_workload("C2D", 0)
+
+    def run(snap):
+        strategy = DropletSearch(
+            exploration_trials=0,
+            descent_batch=8,
+            screen=64,
+            screen_measure=8,
+            screen_random=0.0,
+            snap_locations=snap,
+        )
+        batches, database = drive(strategy, host_target, 16, 8, cost_model=OracleModel(), mod=conv)
+        return strategy.reports[-1], batches, database
+
+    snapped, batches, database = run(True)
+    strict, _, _ = run(False)
+    assert snapped.snapped > 0
+    assert strict.snapped == 0
+    assert strict.invalid >= snapped.invalid + snapped.snapped
+    measured = {h for batch in batches for h, _ in batch}
+    for record in database.get_all_tuning_records():
+        sch = tvm.s_tir.Schedule(conv, seed=1, debug_mask=0)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        assert int(tvm_ffi.structural_hash(sch.mod)) in measured

@@ -69,9 +69,64 @@ def test_compute_locations_are_probed_and_repairs_rejected(host_target):
             illegal = [x for x in range(-2, max(coord.choices)) if x not in coord.choices]
             if illegal:
                 vector = space.start[:i] + (illegal[0],) + space.start[i + 1 :]
-                replayed = space.replay(vector)
+                strict = TraceSpace(
+                    context.mod,
+                    design_space.trace,
+                    context.space_generator.postprocs,
+                    seed=1,
+                    snap_locations=False,
+                )
+                replayed = strict.replay(vector)
                 assert replayed.sch is None and "repaired" in replayed.error
     assert found, "C2D:0 has a padding block with a sampled compute location"
+
+
+def _snapped_location(space, vector, i):
+    """Where MetaSchedule's replay puts an illegal compute location: the nearest legal one
+    before it in loop order (the next outer loop), else the root (-1)."""
+    legal = [x for x in space._legal_locations(vector, i) if x != vector[i]]
+    before = [x for x in legal if x < vector[i]]
+    return max(before) if before else -1
+
+
+def test_tile_move_that_makes_a_compute_location_illegal_is_snapped(host_target):
+    """C2D:0's padding block sits under a tile loop; moving factors can remove that location.
+    With snap_locations the neighbor is kept at the next outer legal location (the module is
+    exactly the replay of the snapped decisions); without it, it is dropped as repaired."""
+    context, spaces = _spaces("C2D", 0, host_target)
+    postprocs = context.space_generator.postprocs
+    snapped_seen = 0
+    for design_space in spaces:
+        space = _trace_space(context, design_space)
+        strict = TraceSpace(
+            context.mod, design_space.trace, postprocs, seed=1, snap_locations=False
+        )
+        start = space.start
+        coords = space.coordinates_at(start)
+        for t, coord in enumerate(coords):
+            if coord.kind != PERFECT_TILE:
+                continue
+            for value in coord.wide_neighbors(start[t]):
+                vector = start[:t] + (value,) + start[t + 1 :]
+                replayed = space.replay(vector)
+                if not replayed.snapped:
+                    continue
+                snapped_seen += 1
+                assert replayed.sch is not None and replayed.error is None
+                got = trace_vector(replayed.sch.trace)
+                moved = [i for i, (a, b) in enumerate(zip(vector, got)) if a != b]
+                assert moved and all(coords[i].kind == COMPUTE_LOCATION for i in moved)
+                assert len(replayed.snapped) == len(moved)
+                for i in moved:
+                    assert got[i] == _snapped_location(space, vector, i)
+                    assert f"SampleComputeLocation#{i}: {vector[i]} -> {got[i]}" in (
+                        replayed.snapped
+                    )
+                again = space.replay(got)
+                assert again.snapped == () and again.shash == replayed.shash
+                rejected = strict.replay(vector)
+                assert rejected.sch is None and "repaired an illegal decision" in rejected.error
+    assert snapped_seen > 0, "no tile move of C2D:0 made its padding block's location illegal"
 
 
 def test_wrong_tile_product_is_reported_as_repaired(host_target):
