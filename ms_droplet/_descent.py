@@ -51,7 +51,13 @@ PERFECT_TILE = "SamplePerfectTile"
 PARTITIONED_TILE = "SamplePartitionedTile"
 CATEGORICAL = "SampleCategorical"
 COMPUTE_LOCATION = "SampleComputeLocation"
-KINDS = (PERFECT_TILE, PARTITIONED_TILE, CATEGORICAL, COMPUTE_LOCATION)
+#: The instructions whose sampling decision is a coordinate.
+DECISION_KINDS = (PERFECT_TILE, PARTITIONED_TILE, CATEGORICAL, COMPUTE_LOCATION)
+#: The value of an ``Annotate`` instruction with key ``meta_schedule.parallel`` (the largest
+#: extent of the fused parallel loop): not a sampling decision, but MetaSchedule's parallel
+#: mutator changes it, so it is a coordinate too when ``parallel_extent`` is on.
+PARALLEL = "AnnotateParallel"
+KINDS = (*DECISION_KINDS, PARALLEL)
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,8 @@ class Coordinate:
     ----------
     kind : str
         The instruction kind: one of ``SamplePerfectTile``, ``SamplePartitionedTile``,
-        ``SampleCategorical``, ``SampleComputeLocation``.
+        ``SampleCategorical``, ``SampleComputeLocation``, or ``AnnotateParallel`` (the value
+        of a ``meta_schedule.parallel`` annotation).
     name : str
         A readable label for logs, e.g. ``"SamplePerfectTile#2"``.
     max_innermost_factor : int
@@ -72,7 +79,8 @@ class Coordinate:
     innerpart_factor : int
         Partitioned tiles only: the inner part's product is a multiple of it.
     choices : Tuple[int, ...]
-        Categoricals: the legal indices; compute locations: the legal locations, in loop order.
+        Categoricals: the legal indices; compute locations: the legal locations, in loop order;
+        parallel annotations: one value per parallel plan, ascending.
     """
 
     kind: str
@@ -86,7 +94,7 @@ class Coordinate:
         if self.kind not in KINDS:
             raise ValueError(
                 f"Coordinate.kind must be one of {KINDS}, got {self.kind!r}; "
-                "only these instructions carry decisions"
+                "only these instructions carry values the descent may move"
             )
 
     def neighbors(self, value: Value, step: int | None) -> list[Value]:

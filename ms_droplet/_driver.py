@@ -95,6 +95,7 @@ class DescentDriver:
             state.postprocs,
             state.replay_seed,
             snap_locations=self._options.snap_locations,
+            max_parallel_extent=self._max_parallel_extent(),
         )
         run.space = space
         if not space.insts:
@@ -128,6 +129,21 @@ class DescentDriver:
             fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
             len(start),
         )
+
+    def _max_parallel_extent(self) -> int | None:
+        """The largest value MetaSchedule's parallel mutator gives a ``meta_schedule.parallel``
+        annotation (the target's ``num-cores`` times its ``max_jobs_per_core``), when the
+        option ``parallel_extent`` is on and the context mutates parallel extents at all."""
+        if not self._options.parallel_extent:
+            return None
+        context = self._context
+        generator = getattr(context, "space_generator", None)
+        mutators = getattr(generator, "mutator_probs", None) or {}
+        jobs = [int(m.max_jobs_per_core) for m in mutators if type(m).__name__ == "MutateParallel"]
+        cores = context.target.attrs.get("num-cores") if context.target is not None else None
+        if not jobs or cores is None or jobs[0] < 1 or int(cores) < 1:
+            return None
+        return int(cores) * jobs[0]
 
     def kick(self, state: RunState) -> bool:
         """After a descent ended at a local optimum: begin the next descent from a jump away

@@ -177,3 +177,56 @@ def index_neighbors(value: int, choices: Sequence[int], step: int | None) -> lis
         return [choice for choice in ordered if choice != value]
     pos = ordered.index(value)
     return [ordered[i] for i in (pos - step, pos + step) if 0 <= i < len(ordered)]
+
+
+def fused_loop_counts(prods: Sequence[Sequence[int]], limit: int) -> tuple[int, ...]:
+    """How many outer loops of each block the parallel postprocessor fuses under ``limit``.
+
+    ``prods[b]`` holds the prefix products of block ``b``'s outer spatial loop extents,
+    outermost first (``(8, 64, 512)`` for loops 8, 8, 8), cut after the first product that
+    reaches the largest parallel extent. A block fuses the loops whose product stays below
+    ``limit``, plus one more unless the product already equals ``limit`` or none is left: the
+    rule of ``GetNumFusedLoops`` in MetaSchedule's ``mutate_parallel.cc``. The counts of all
+    blocks together are a *plan*; annotation values with the same plan give the same module.
+    """
+    counts = []
+    for block in prods:
+        n = sum(1 for product in block if product <= limit)  # prods ascend
+        if n > 0 and block[n - 1] == limit:
+            n -= 1
+        if n != len(block):
+            n += 1
+        counts.append(n)
+    return tuple(counts)
+
+
+def parallel_plans(prods: Sequence[Sequence[int]], max_extent: int) -> dict[tuple[int, ...], int]:
+    """The parallel plans MetaSchedule's parallel mutator chooses from, each with the annotation
+    value it writes for it.
+
+    Every prefix product up to ``max_extent`` (number of cores times ``max_jobs_per_core``) is
+    a candidate value; values with the same :func:`fused_loop_counts` are one plan, written
+    as the last such value in the order blocks then products (as ``MutateParallel`` does).
+    """
+    plans: dict[tuple[int, ...], int] = {}
+    seen: set[int] = set()
+    for block in prods:
+        for limit in block:
+            if limit <= max_extent and limit not in seen:
+                seen.add(limit)
+                plans[fused_loop_counts(prods, limit)] = int(limit)
+    return plans
+
+
+def parallel_choices(
+    prods: Sequence[Sequence[int]], max_extent: int, current: int
+) -> tuple[int, ...]:
+    """The legal values of a ``meta_schedule.parallel`` annotation, ascending: ``current`` and
+    one value for each other plan (what one parallel mutation of MetaSchedule reaches).
+
+    A larger value never fuses fewer loops, so the order is also the order of parallelism.
+    """
+    own = fused_loop_counts(prods, current)
+    values = {limit for plan, limit in parallel_plans(prods, max_extent).items() if plan != own}
+    values.add(int(current))
+    return tuple(sorted(values))

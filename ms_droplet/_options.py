@@ -236,9 +236,25 @@ class DropletOptions:
         example=False,
         details="A tile move can remove the loop a block was computed at. MetaSchedule's replay "
         "then moves the block to the next outer legal loop (or the root), as it does for the "
-        "mutants of evolutionary search; droplet used to drop such neighbors as repaired (2-5 % "
-        "of the tile neighbors of C2D, DEP and CBR schedules). Any other repaired decision "
-        "still drops the neighbor.",
+        "mutants of evolutionary search; droplet used to drop such neighbors as repaired (2-4 % "
+        "of the step-1 tile neighbors of C2D:0, CBR:0 and DEP:0 schedules, and up to hundreds "
+        "of the vectors of a ``screen`` pool, whose random pairs move two decisions at once). "
+        "Any other repaired decision still drops the neighbor.",
+    )
+    parallel_extent: bool = _option(
+        False,
+        BoolRule(),
+        "bool",
+        "Make the value of each ``meta_schedule.parallel`` annotation (how far outer loops are "
+        "fused into the parallel loop) a coordinate, over the values MetaSchedule's parallel "
+        "mutator gives it.",
+        example=True,
+        details="Only where the context's mutators include ``MutateParallel`` (CPU targets): "
+        "the values are one per parallel plan of the current schedule, at most the target's "
+        "``num-cores`` times the mutator's ``max_jobs_per_core``, recomputed at every "
+        "incumbent. Values that give the same module are measured once. The vectorize extent "
+        "is no coordinate (no MetaSchedule mutator changes it); the unroll depth already is one "
+        "(a ``SampleCategorical``).",
     )
     rank_neighbors: bool = _option(
         False,
