@@ -194,7 +194,7 @@ class TraceSpace:
         for inst, value in zip(self.insts, vector):
             if inst.kind.name == "Annotate":
                 old = inst.inputs[1]
-                new = IntImm(old.dtype, int(value)) if isinstance(old, IntImm) else int(value)
+                new = IntImm(old.ty.dtype, int(value)) if isinstance(old, IntImm) else int(value)
                 annotations[inst] = Instruction(
                     inst.kind,
                     [inst.inputs[0], new],
