@@ -133,16 +133,17 @@ def test_a_hanging_candidate_is_killed_after_timeout_sec_alone(built):
 
 
 def test_a_candidate_whose_timings_would_run_past_the_limit_fails_untimed(built):
-    # Three timings of at least 1 s each cannot fit in 2 s: known after one call, so no
-    # candidate is timed at all.
-    slow = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=1000, enable_cpu_cache_flush=False)
+    # Three timings of at least 2.5 s each cannot fit in 6 s: known after one call, so no
+    # candidate is timed at all. (The limit leaves the first call, which loads the exported
+    # .tar and so links it, room on a busy 2-core machine: 2 s did not always suffice.)
+    slow = EvaluatorConfig(number=1, repeat=3, min_repeat_ms=2500, enable_cpu_cache_flush=False)
     results = [
-        f.result() for f in InterleavedRunner(timeout_sec=2, evaluator_config=slow).run(built)
+        f.result() for f in InterleavedRunner(timeout_sec=6, evaluator_config=slow).run(built)
     ]
     for result in results:
         assert result.run_secs is None
         assert result.error_msg.startswith("InterleavedRunner: Timeout: its first call took ")
-        assert "so its timings would run past timeout_sec=2\n" in result.error_msg
+        assert "so its timings would run past timeout_sec=6\n" in result.error_msg
         assert classify_failure(result.error_msg) == RUNNER_TIMEOUT
 
 
