@@ -52,6 +52,14 @@ record of the machine that tunes (``environment.json``, written by its first inv
 and timings done so far (for an A/B whose machine was taken back before the end), with that
 record; the pairs not done are named.
 
+The winners' re-measurement runs beside the other jobs by default, and some schedules are
+slowed by other work on the machine far more than others (``docs/benchmarks/fidelity.md``,
+"Schedules that the machine's episodes slow"). ``--quiet-timing`` holds every timing until
+all runs are tuned and then times one kernel and seed at a time with nothing else running.
+``--retime`` (with ``--work-root``) times the winners of the runs there again, after moving
+the earlier timings aside as ``time_*.json.out.N``: with ``--quiet-timing``, a quiet timing
+of an A/B that was timed beside its jobs.
+
 Results: ``<out>/ab_droplet.json`` (per run: the re-measured winner, the tuning time, the
 best-so-far curve as ``[trials, seconds, best us]`` per batch, and droplet's report) and a table
 on stdout; ``--smoke`` runs one tiny pair (CI).
@@ -121,6 +129,19 @@ def parse_args(argv=None):
         metavar="JSON",
         default=None,
         help="print Markdown tables of earlier ab_droplet.json files and exit",
+    )
+    parser.add_argument(
+        "--quiet-timing",
+        action="store_true",
+        help="time the winners only after every run is tuned, one kernel and seed at a time, "
+        "with nothing else running (default: each as soon as its runs are tuned, beside "
+        "the other jobs)",
+    )
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="with --work-root: time the winners of the runs done there again (the earlier "
+        "timings are kept as time_*.json.out.N); runs not done yet are tuned first",
     )
     parser.add_argument("--tune-one", default=None, help=argparse.SUPPRESS)
     smoke = {"kernels": "GMM:0", "seeds": "1", "trials": 24, "trials_per_iter": 8, "rounds": 3}
@@ -335,6 +356,17 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         tuned_on = environment(host_target(num_cores=args.cores))
         with open(env_path, "w", encoding="utf-8") as f:
             json.dump(tuned_on, f, indent=1)
+    if args.retime and (args.collect or not args.work_root):
+        sys.exit("--retime: needs --work-root (the runs to time again) and no --collect")
+    if args.retime:
+        # Nothing measured is lost: the earlier timings move aside, numbered.
+        for name in sorted(os.listdir(runs_dir)):
+            if name.startswith("time_") and name.endswith(".json.out"):
+                old_out = os.path.join(runs_dir, name)
+                n = 1
+                while os.path.exists(f"{old_out}.{n}"):
+                    n += 1
+                os.replace(old_out, f"{old_out}.{n}")
     seeds = [int(s) for s in args.seeds.split(",")]
     kernels = args.kernels.split(",")
     names = list(args.variants)
@@ -352,6 +384,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         todo.sort(key=lambda job: -args.variants[job[1][2]].get("trials", args.trials))
     free = [set(range(i * args.cores, (i + 1) * args.cores)) for i in range(args.jobs)]
     running, runs, timed, explored = [], {}, {}, {}
+    held = []  # with --quiet-timing: timings waiting until nothing else runs
     start = time.perf_counter()
     # TVM pins its worker threads to the first cores of the machine unless told not to: jobs
     # would then share cores 0..n-1 whatever their affinity (timings 10-50x off).
@@ -412,12 +445,17 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
             runs[key] = {"spec": spec, **(done or {}), "over": True}
             kernel, seed, _ = key
             if all(runs.get((kernel, seed, v), {}).get("over") for v in names):
-                todo.insert(0, ("time", (kernel, seed)))
+                if args.quiet_timing:
+                    held.append(("time", (kernel, seed)))
+                else:
+                    todo.insert(0, ("time", (kernel, seed)))
         else:
             timed[key] = done
 
-    while todo or running:
-        while todo and free:
+    while todo or running or held:
+        if held and not todo and not running:
+            todo.append(held.pop(0))  # one at a time, the machine otherwise idle
+        while todo and free and not (todo[0][0] == "time" and args.quiet_timing and running):
             kind, key = todo.pop(0)
             path, spec = spec_of(kind, key)
             if os.path.exists(path + ".out"):  # done by an earlier invocation
