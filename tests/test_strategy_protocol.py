@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -626,5 +627,31 @@ def test_neighbors_whose_compute_location_became_illegal_are_snapped_not_dropped
     measured = {h for batch in batches for h, _ in batch}
     for record in database.get_all_tuning_records():
         sch = tvm.s_tir.Schedule(conv, seed=1, debug_mask=0)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        assert int(tvm_ffi.structural_hash(sch.mod)) in measured
+
+
+def test_parallel_extent_adds_the_parallel_plan_coordinate(host_target, droplet_log):
+    """With parallel_extent the descent has one more coordinate per parallel annotation, over
+    extents up to num-cores x MutateParallel's max_jobs_per_core; off, the vectors are the
+    sampling decisions alone. Every record committed replays to a module that was measured."""
+
+    def run(on):
+        droplet_log.messages.clear()
+        strategy = DropletSearch(exploration_trials=8, parallel_extent=on)
+        batches, database = drive(strategy, host_target, 24, 8)
+        (line,) = [m for m in droplet_log.messages if "descent starts from" in m]
+        decisions = int(re.search(r"over (\d+) decisions", line).group(1))
+        return strategy, decisions, batches, database
+
+    on, with_parallel, batches, database = run(True)
+    off, without, _, _ = run(False)
+    assert with_parallel == without + 1
+    cores = int(host_target.attrs["num-cores"])
+    assert on._driver._max_parallel_extent() == cores * 16
+    assert off._driver._max_parallel_extent() is None
+    measured = {h for batch in batches for h, _ in batch}
+    for record in database.get_all_tuning_records():
+        sch = tvm.s_tir.Schedule(MOD, seed=1, debug_mask=0)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
         assert int(tvm_ffi.structural_hash(sch.mod)) in measured
