@@ -63,6 +63,9 @@ of an A/B that was timed beside its jobs.
 Results: ``<out>/ab_droplet.json`` (per run: the re-measured winner, the tuning time, the
 best-so-far curve as ``[trials, seconds, best us]`` per batch, and droplet's report) and a table
 on stdout; ``--smoke`` runs one tiny pair (CI).
+``--report FILES`` prints the tables of earlier result files (pooled when several), with what
+the pairs can say: the spread of their log ratios, a bootstrap interval, the effect they see
+at 80 % power, the pairs 1.05x needs, and a table per kernel.
 """
 
 from __future__ import annotations
@@ -286,10 +289,13 @@ def report(paths):
                 f"| {num(entry.get('tuning_time_ratio'), digits=2)} |"
             )
         lines.append("")
-        for name, (speed, secs) in _pairs(data).items():
-            pooled.setdefault(name, ([], []))
+        file_pairs = _pairs(data)
+        lines += _evidence_lines(file_pairs)
+        for name, (speed, secs, kernels) in file_pairs.items():
+            pooled.setdefault(name, ([], [], []))
             pooled[name][0].extend(speed)
             pooled[name][1].extend(secs)
+            pooled[name][2].extend(kernels)
     if len(paths) > 1 and pooled:
         from scipy.stats import gmean
 
@@ -300,13 +306,14 @@ def report(paths):
             "| tuning time of the first (ratio) |",
             "|---|---|---|---|---|---|",
         ]
-        for name, (speed, secs) in pooled.items():
+        for name, (speed, secs, _) in pooled.items():
             lines.append(
                 f"| {name} | {gmean(speed):.3f} | {sum(r > 1 for r in speed)} | {len(speed)} "
                 f"| {num(_wilcoxon_p(speed), digits=3)} "
                 f"| {num(gmean(secs) if secs else None, digits=2)} |"
             )
         lines.append("")
+        lines += _evidence_lines(pooled)
     return "\n".join(lines)
 
 
@@ -320,15 +327,52 @@ def _pairs(data):
         cases.setdefault((r["kernel"], r["seed"]), {})[r["variant"]] = r
     pairs = {}
     for other in others:
-        speed, secs = [], []
-        for by in cases.values():
+        speed, secs, kernels = [], [], []
+        for (kernel, _), by in cases.items():
             a, b = by.get(names[0], {}), by.get(other, {})
             if a.get("median_us") and b.get("median_us"):
                 speed.append(b["median_us"] / a["median_us"])
+                kernels.append(kernel)
                 if other != "exploration" and a.get("tuning_s") and b.get("tuning_s"):
                     secs.append(a["tuning_s"] / b["tuning_s"])
-        pairs[f"{names[0]} vs {other}"] = (speed, secs)
+        pairs[f"{names[0]} vs {other}"] = (speed, secs, kernels)
     return pairs
+
+
+def _evidence_lines(pairs):
+    """Markdown: per comparison, what its pairs can say (``benchlib.pairs``), then per kernel
+    the comparisons between variants (not against the exploration)."""
+    from benchlib.pairs import evidence
+    from scipy.stats import gmean
+
+    def fmt(value, digits=3):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| comparison | pairs | sd of log ratio | 95 % interval (bootstrap) | sees at 80 % power "
+        "| pairs for 1.05x |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (speed, _, _) in pairs.items():
+        ev = evidence(speed)
+        interval = ev["interval95"]
+        lines.append(
+            f"| {name} | {ev['pairs']} | {fmt(ev['log_sd'])} "
+            f"| {'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} "
+            f"| {fmt(ev.get('detectable'))} | {ev.get('pairs_needed', '')} |"
+        )
+    lines += ["", "| comparison | kernel | pairs | geomean speed-up | first faster in |"]
+    lines.append("|---|---|---|---|---|")
+    for name, (speed, _, kernels) in pairs.items():
+        if name.endswith(" vs exploration"):
+            continue
+        for kernel in dict.fromkeys(kernels):
+            mine = [r for r, k in zip(speed, kernels) if k == kernel]
+            lines.append(
+                f"| {name} | {kernel} | {len(mine)} | {gmean(mine):.3f} "
+                f"| {sum(r > 1 for r in mine)} |"
+            )
+    return lines + [""]
 
 
 def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
@@ -536,7 +580,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     from scipy.stats import gmean
 
     summary = {}
-    for name, (ratios, times) in _pairs({"args": vars(args), "results": results}).items():
+    for name, (ratios, times, _) in _pairs({"args": vars(args), "results": results}).items():
         if ratios:
             summary[name] = {
                 "geomean_speedup": float(gmean(ratios)),

@@ -477,3 +477,42 @@ def test_bench_model_reads_the_curve_back_from_a_task_scheduler_log(tmp_path):
         [19.0, 16, None],
         [49.0, 32, pytest.approx(20e-6)],
     ]
+
+
+# -- what a paired A/B can say -----------------------------------------------------------------
+
+pairs = _load("pairs")
+
+
+def test_log_sd_of_symmetric_ratios():
+    a = 0.1
+    ratios = [math.exp(a), math.exp(-a)] * 3
+    assert pairs.log_sd(ratios) == pytest.approx(a * math.sqrt(6 / 5))
+    assert pairs.log_sd([1.2]) is None
+
+
+def test_power_rules_match_the_protocol_numbers():
+    # The protocol's figures: sd 0.156 over 28 pairs sees about 1.09x; 1.05x needs about 80.
+    assert pairs.detectable(0.156, 28) == pytest.approx(1.0861, abs=5e-4)
+    assert pairs.pairs_needed(0.156, 1.05) == 81
+    assert pairs.pairs_needed(0.12, 1.12) == 9
+    # More pairs see smaller effects; the needed pairs see the effect asked for.
+    n = pairs.pairs_needed(0.2, 1.05)
+    assert pairs.detectable(0.2, n) <= 1.05 < pairs.detectable(0.2, n - 1)
+
+
+def test_geomean_interval_holds_the_geomean_and_is_seeded():
+    ratios = [0.9, 1.0, 1.05, 1.1, 1.2, 0.95, 1.3, 1.02]
+    low, high = pairs.geomean_interval(ratios)
+    geomean = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
+    assert low < geomean < high
+    assert pairs.geomean_interval(ratios) == (low, high)
+    assert pairs.geomean_interval([1.0, 1.0, 1.0]) is None
+    assert pairs.geomean_interval([1.1, 0.9]) is None
+
+
+def test_evidence_collects_every_number():
+    got = pairs.evidence([1.1, 0.9, 1.05, 1.0, 1.2, 0.95])
+    assert got["pairs"] == 6
+    assert set(got) == {"pairs", "log_sd", "interval95", "detectable", "pairs_needed"}
+    assert pairs.evidence([1.0])["interval95"] is None

@@ -1,0 +1,76 @@
+# Licensed to the Apache Software Foundation (ASF) under one
+# or more contributor license agreements.  See the NOTICE file
+# distributed with this work for additional information
+# regarding copyright ownership.  The ASF licenses this file
+# to you under the Apache License, Version 2.0 (the
+# "License"); you may not use this file except in compliance
+# with the License.  You may obtain a copy of the License at
+#
+#   http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing,
+# software distributed under the License is distributed on an
+# "AS IS" BASIS, WITHOUT WARRANTIES OR CONDITIONS OF ANY
+# KIND, either express or implied.  See the License for the
+# specific language governing permissions and limitations
+# under the License.
+"""What a paired A/B can say: the spread of its log ratios, an interval for the geometric mean,
+and how large an effect its number of pairs can see (or how many pairs an effect needs)."""
+
+from __future__ import annotations
+
+import math
+
+#: Two-sided level and power of the sizing rules below (the benchmark protocol's).
+ALPHA = 0.05
+POWER = 0.80
+
+
+def _z_sum(alpha: float = ALPHA, power: float = POWER) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+
+
+def log_sd(ratios) -> float | None:
+    """Sample standard deviation of ``log(ratios)`` (None under two ratios)."""
+    if len(ratios) < 2:
+        return None
+    logs = [math.log(r) for r in ratios]
+    mean = sum(logs) / len(logs)
+    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+
+
+def detectable(sd: float, pairs: int) -> float:
+    """The smallest speed-up ``pairs`` pairs of per-pair spread ``sd`` (of log ratios) see at
+    the two-sided level ``ALPHA`` with power ``POWER`` (normal approximation)."""
+    return math.exp(_z_sum() * sd / math.sqrt(pairs))
+
+
+def pairs_needed(sd: float, effect: float) -> int:
+    """Pairs of per-pair spread ``sd`` needed to see a speed-up of ``effect`` (e.g. 1.05) at
+    the two-sided level ``ALPHA`` with power ``POWER`` (normal approximation)."""
+    return math.ceil((_z_sum() * sd / math.log(effect)) ** 2)
+
+
+def geomean_interval(ratios, confidence: float = 0.95, seed: int = 0):
+    """Bootstrap interval (BCa, ``scipy.stats.bootstrap``) of the geometric mean of ``ratios``;
+    None under three ratios or when all are equal."""
+    if len(ratios) < 3 or len(set(ratios)) < 2:
+        return None
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    logs = np.log(np.asarray(ratios, dtype=float))
+    res = bootstrap((logs,), np.mean, confidence_level=confidence, random_state=seed)
+    return math.exp(res.confidence_interval.low), math.exp(res.confidence_interval.high)
+
+
+def evidence(ratios, effect: float = 1.05) -> dict:
+    """Pairs, spread, interval, what the pairs can see and what ``effect`` needs."""
+    sd = log_sd(ratios)
+    out = {"pairs": len(ratios), "log_sd": sd, "interval95": geomean_interval(ratios)}
+    if sd:
+        out["detectable"] = detectable(sd, len(ratios))
+        out["pairs_needed"] = pairs_needed(sd, effect)
+    return out
