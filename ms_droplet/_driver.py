@@ -62,6 +62,7 @@ class DescentDriver:
         self._options = options
         self._config: DescentConfig = options.descent_config()
         self._logger = logger
+        self._said_parallel_off = False
 
     def start(self, state: RunState) -> None:
         """Begin a descent from the best measured schedule no descent began or ended on."""
@@ -142,6 +143,18 @@ class DescentDriver:
         jobs = [int(m.max_jobs_per_core) for m in mutators if type(m).__name__ == "MutateParallel"]
         cores = context.target.attrs.get("num-cores") if context.target is not None else None
         if not jobs or cores is None or jobs[0] < 1 or int(cores) < 1:
+            if not self._said_parallel_off:
+                self._said_parallel_off = True
+                if not jobs:
+                    why = (
+                        "the tuning context has no MutateParallel mutator (GPU targets, or "
+                        "custom mutators without it)"
+                    )
+                elif cores is None or int(cores) < 1:
+                    why = "the target names no num-cores"
+                else:
+                    why = f"MutateParallel's max_jobs_per_core is {jobs[0]}"
+                self._logger.info("droplet: parallel_extent is on but has no effect here: %s", why)
             return None
         return int(cores) * jobs[0]
 

@@ -249,7 +249,8 @@ class DropletOptions:
         "fused into the parallel loop) a coordinate, over the values MetaSchedule's parallel "
         "mutator gives it.",
         example=True,
-        details="Only where the context's mutators include ``MutateParallel`` (CPU targets): "
+        details="Only where the context's mutators include ``MutateParallel`` (CPU targets; "
+        "elsewhere the task's log says once that it has no effect, and why): "
         "the values are one per parallel plan of the current schedule, at most the target's "
         "``num-cores`` times the mutator's ``max_jobs_per_core``, recomputed at every "
         "incumbent. Values that give the same module are measured once. The vectorize extent "

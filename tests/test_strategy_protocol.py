@@ -655,3 +655,22 @@ def test_parallel_extent_adds_the_parallel_plan_coordinate(host_target, droplet_
         sch = tvm.s_tir.Schedule(MOD, seed=1, debug_mask=0)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
         assert int(tvm_ffi.structural_hash(sch.mod)) in measured
+
+
+def test_parallel_extent_without_a_parallel_mutator_says_so_once(droplet_log):
+    """On a GPU target MetaSchedule mutates no parallel extent: the option has no effect, and
+    the log says why, once per task."""
+    cuda = tvm.target.Target(
+        {
+            "kind": "cuda",
+            "arch": "sm_80",
+            "max_threads_per_block": 1024,
+            "max_shared_memory_per_block": 49152,
+            "thread_warp_size": 32,
+        }
+    )
+    strategy = DropletSearch(exploration_trials=4, parallel_extent=True, max_restarts=2)
+    drive(strategy, cuda, 16, 4)
+    said = [m for m in droplet_log.messages if "parallel_extent is on but has no effect" in m]
+    assert len(said) == 1
+    assert "no MutateParallel mutator" in said[0]
