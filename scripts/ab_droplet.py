@@ -152,6 +152,8 @@ def parse_args(argv=None):
     args = parse_with_smoke(parser, argv, smoke_help, **smoke, jobs=1, cores=1)
     if args.collect and not args.work_root:
         parser.error("--collect needs --work-root: the folder of the runs to collect")
+    if args.retime and (args.collect or not args.work_root):
+        parser.error("--retime needs --work-root (the runs to time again) and no --collect")
     if not 0 <= args.shared_exploration < args.trials:
         parser.error(
             f"--shared-exploration must be in [0, --trials), got {args.shared_exploration} "
@@ -248,6 +250,11 @@ def _wilcoxon_p(ratios):
     return float(wilcoxon(np.log(ratios)).pvalue)
 
 
+def _num(value, scale=1.0, digits=2):
+    """A table cell: ``value`` times ``scale`` to ``digits`` decimals, empty for None."""
+    return "" if value is None else f"{scale * value:.{digits}f}"
+
+
 def report(paths):
     """Markdown tables of ``ab_droplet.json`` files: every run, then the paired comparisons
     (and, for several files, the comparisons pooled over all their pairs)."""
@@ -263,17 +270,14 @@ def report(paths):
             "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
 
-        def num(value, scale=1.0, digits=2):
-            return "" if value is None else f"{scale * value:.{digits}f}"
-
         for r in data["results"]:
             rep = (r.get("reports") or [{}])[0]
             lines.append(
-                f"| {r['kernel']} | {r['seed']} | {r['variant']} | {num(r.get('median_us'))} "
-                f"| {num(r.get('iqr_us'))} | {num(rep.get('descent_start_secs'), 1e6)} "
-                f"| {num(rep.get('best_secs'), 1e6)} | {rep.get('moves', '')} "
+                f"| {r['kernel']} | {r['seed']} | {r['variant']} | {_num(r.get('median_us'))} "
+                f"| {_num(r.get('iqr_us'))} | {_num(rep.get('descent_start_secs'), 1e6)} "
+                f"| {_num(rep.get('best_secs'), 1e6)} | {rep.get('moves', '')} "
                 f"| {rep.get('remeasured', '')} | {rep.get('restarts', '')} "
-                f"| {num(r.get('tuning_s'), digits=0)} |"
+                f"| {_num(r.get('tuning_s'), digits=0)} |"
             )
         lines += [
             "",
@@ -285,8 +289,8 @@ def report(paths):
             p = entry.get("wilcoxon_p", _wilcoxon_p(entry["ratios"]))
             lines.append(
                 f"| {name} | {entry['geomean_speedup']:.3f} | {entry['faster_in']} "
-                f"| {entry['pairs']} | {num(p, digits=3)} "
-                f"| {num(entry.get('tuning_time_ratio'), digits=2)} |"
+                f"| {entry['pairs']} | {_num(p, digits=3)} "
+                f"| {_num(entry.get('tuning_time_ratio'), digits=2)} |"
             )
         lines.append("")
         file_pairs = _pairs(data)
@@ -309,8 +313,8 @@ def report(paths):
         for name, (speed, secs, _) in pooled.items():
             lines.append(
                 f"| {name} | {gmean(speed):.3f} | {sum(r > 1 for r in speed)} | {len(speed)} "
-                f"| {num(_wilcoxon_p(speed), digits=3)} "
-                f"| {num(gmean(secs) if secs else None, digits=2)} |"
+                f"| {_num(_wilcoxon_p(speed), digits=3)} "
+                f"| {_num(gmean(secs) if secs else None, digits=2)} |"
             )
         lines.append("")
         lines += _evidence_lines(pooled)
@@ -345,9 +349,6 @@ def _evidence_lines(pairs):
     from benchlib.pairs import evidence
     from scipy.stats import gmean
 
-    def fmt(value, digits=3):
-        return "" if value is None else f"{value:.{digits}f}"
-
     lines = [
         "| comparison | pairs | sd of log ratio | 95 % interval (bootstrap) | sees at 80 % power "
         "| pairs for 1.05x |",
@@ -357,9 +358,9 @@ def _evidence_lines(pairs):
         ev = evidence(speed)
         interval = ev["interval95"]
         lines.append(
-            f"| {name} | {ev['pairs']} | {fmt(ev['log_sd'])} "
+            f"| {name} | {ev['pairs']} | {_num(ev['log_sd'], digits=3)} "
             f"| {'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} "
-            f"| {fmt(ev.get('detectable'))} | {ev.get('pairs_needed', '')} |"
+            f"| {_num(ev.get('detectable'), digits=3)} | {ev.get('pairs_needed', '')} |"
         )
     lines += ["", "| comparison | kernel | pairs | geomean speed-up | first faster in |"]
     lines.append("|---|---|---|---|---|")
@@ -400,8 +401,6 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         tuned_on = environment(host_target(num_cores=args.cores))
         with open(env_path, "w", encoding="utf-8") as f:
             json.dump(tuned_on, f, indent=1)
-    if args.retime and (args.collect or not args.work_root):
-        sys.exit("--retime: needs --work-root (the runs to time again) and no --collect")
     if args.retime:
         # Nothing measured is lost: the earlier timings move aside, numbered.
         for name in sorted(os.listdir(runs_dir)):
@@ -499,7 +498,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     while todo or running or held:
         if held and not todo and not running:
             todo.append(held.pop(0))  # one at a time, the machine otherwise idle
-        while todo and free and not (todo[0][0] == "time" and args.quiet_timing and running):
+        while todo and free:
             kind, key = todo.pop(0)
             path, spec = spec_of(kind, key)
             if os.path.exists(path + ".out"):  # done by an earlier invocation

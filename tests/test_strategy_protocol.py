@@ -648,8 +648,8 @@ def test_parallel_extent_adds_the_parallel_plan_coordinate(host_target, droplet_
     off, without, _, _ = run(False)
     assert with_parallel == without + 1
     cores = int(host_target.attrs["num-cores"])
-    assert on._driver._max_parallel_extent() == cores * 16
-    assert off._driver._max_parallel_extent() is None
+    assert on._driver._parallel_limit == cores * 16
+    assert off._driver._parallel_limit is None
     measured = {h for batch in batches for h, _ in batch}
     for record in database.get_all_tuning_records():
         sch = tvm.s_tir.Schedule(MOD, seed=1, debug_mask=0)

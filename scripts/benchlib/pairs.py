@@ -20,6 +20,7 @@ and how large an effect its number of pairs can see (or how many pairs an effect
 from __future__ import annotations
 
 import math
+import statistics
 
 #: Two-sided level and power of the sizing rules below (the benchmark protocol's).
 ALPHA = 0.05
@@ -36,9 +37,7 @@ def log_sd(ratios) -> float | None:
     """Sample standard deviation of ``log(ratios)`` (None under two ratios)."""
     if len(ratios) < 2:
         return None
-    logs = [math.log(r) for r in ratios]
-    mean = sum(logs) / len(logs)
-    return math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1))
+    return statistics.stdev(math.log(r) for r in ratios)
 
 
 def detectable(sd: float, pairs: int) -> float:
