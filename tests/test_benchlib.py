@@ -516,3 +516,44 @@ def test_evidence_collects_every_number():
     assert got["pairs"] == 6
     assert set(got) == {"pairs", "log_sd", "interval95", "detectable", "pairs_needed"}
     assert pairs.evidence([1.0])["interval95"] is None
+
+
+def _gpu_entry(kernel, seed, times, ceiling=None):
+    runs = [
+        {"label": label, "median_us": us, "wall_secs": secs} for label, (us, secs) in times.items()
+    ]
+    return {"kernel": kernel, "seed": seed, "runs": runs, "ceiling": {"median_us": ceiling}}
+
+
+def test_gpu_pairs_pair_runs_of_one_call_and_a_later_call_replaces_an_earlier():
+    first = {
+        "results": [
+            _gpu_entry("matmul", 1, {"droplet@T": (50, 100), "evolutionary@T": (60, 200)}, 40),
+            _gpu_entry("c2d", 1, {"droplet@T": (10, 90), "evolutionary@T": (8, 90)}),
+            # droplet failed here: no pair, nothing invented
+            _gpu_entry("c2d", 2, {"droplet@T": (None, 90), "evolutionary@T": (9, 90)}),
+        ]
+    }
+    later = {  # matmul seed 1 again, now with its 4T run: all of its pairs come from here
+        "results": [
+            _gpu_entry(
+                "matmul",
+                1,
+                {"droplet@T": (52, 100), "evolutionary@T": (65, 250), "evolutionary@4T": (39, 400)},
+                41.6,
+            )
+        ]
+    }
+    got = pairs.gpu_pairs([first, later])
+    assert set(got) == {
+        "droplet@T vs evolutionary@T",
+        "droplet@T vs evolutionary@4T",
+        "droplet@T vs torch",
+    }
+    speed, secs, keys = got["droplet@T vs evolutionary@T"]
+    assert keys == [("matmul", 1), ("c2d", 1)]
+    assert speed == pytest.approx([65 / 52, 8 / 10])
+    assert secs == pytest.approx([100 / 250, 1.0])
+    assert got["droplet@T vs evolutionary@4T"][0] == pytest.approx([39 / 52])
+    speed, secs, keys = got["droplet@T vs torch"]
+    assert (speed, secs, keys) == ([pytest.approx(0.8)], [], [("matmul", 1)])

@@ -73,3 +73,45 @@ def evidence(ratios, effect: float = 1.05) -> dict:
         out["detectable"] = detectable(sd, len(ratios))
         out["pairs_needed"] = pairs_needed(sd, effect)
     return out
+
+
+def gpu_pairs(docs, first: str = "droplet@T") -> dict:
+    """Paired speed-ups of run ``first`` in ``scripts/bench_gpu.py`` result documents.
+
+    Each document holds ``results``: one entry per kernel and seed, its ``runs`` re-measured
+    side by side in one call (``label``, ``median_us``, ``wall_secs``) and the torch
+    ``ceiling``. A kernel and seed re-measured in a later document (say, once its
+    evolutionary@4T run was added) replaces the earlier one: the pairs of one comparison always
+    come from one call.
+
+    Returns
+    -------
+    dict
+        ``"<first> vs <label>"`` -> ``(speed, secs, keys)``: per (kernel, seed) the other run's
+        time over ``first``'s (above 1: ``first`` is faster), ``first``'s tuning time over the
+        other's (where both are known), and the ``(kernel, seed)`` keys. The ceiling appears as
+        ``"<first> vs torch"`` (its speed-up is torch's time over ``first``'s; no tuning time).
+    """
+    cases = {}
+    for doc in docs:
+        for entry in doc["results"]:
+            cases[(entry["kernel"], entry["seed"])] = entry
+    pairs = {}
+    for key, entry in cases.items():
+        runs = {run["label"]: run for run in entry["runs"]}
+        mine = runs.get(first, {})
+        if not mine.get("median_us"):
+            continue
+        others = {label: run for label, run in runs.items() if label != first}
+        ceiling = (entry.get("ceiling") or {}).get("median_us")
+        if ceiling:
+            others["torch"] = {"median_us": ceiling}
+        for label, run in others.items():
+            if not run.get("median_us"):
+                continue
+            speed, secs, keys = pairs.setdefault(f"{first} vs {label}", ([], [], []))
+            speed.append(run["median_us"] / mine["median_us"])
+            keys.append(key)
+            if mine.get("wall_secs") and run.get("wall_secs"):
+                secs.append(mine["wall_secs"] / run["wall_secs"])
+    return pairs
