@@ -250,14 +250,11 @@ def _wilcoxon_p(ratios):
     return float(wilcoxon(np.log(ratios)).pvalue)
 
 
-def _num(value, scale=1.0, digits=2):
-    """A table cell: ``value`` times ``scale`` to ``digits`` decimals, empty for None."""
-    return "" if value is None else f"{scale * value:.{digits}f}"
-
-
 def report(paths):
     """Markdown tables of ``ab_droplet.json`` files: every run, then the paired comparisons
     (and, for several files, the comparisons pooled over all their pairs)."""
+    from benchlib.pairs import cell, evidence_lines
+
     lines, pooled = [], {}
     for path in paths:
         with open(path, encoding="utf-8") as f:
@@ -273,11 +270,11 @@ def report(paths):
         for r in data["results"]:
             rep = (r.get("reports") or [{}])[0]
             lines.append(
-                f"| {r['kernel']} | {r['seed']} | {r['variant']} | {_num(r.get('median_us'))} "
-                f"| {_num(r.get('iqr_us'))} | {_num(rep.get('descent_start_secs'), 1e6)} "
-                f"| {_num(rep.get('best_secs'), 1e6)} | {rep.get('moves', '')} "
+                f"| {r['kernel']} | {r['seed']} | {r['variant']} | {cell(r.get('median_us'))} "
+                f"| {cell(r.get('iqr_us'))} | {cell(rep.get('descent_start_secs'), 1e6)} "
+                f"| {cell(rep.get('best_secs'), 1e6)} | {rep.get('moves', '')} "
                 f"| {rep.get('remeasured', '')} | {rep.get('restarts', '')} "
-                f"| {_num(r.get('tuning_s'), digits=0)} |"
+                f"| {cell(r.get('tuning_s'), digits=0)} |"
             )
         lines += [
             "",
@@ -289,12 +286,12 @@ def report(paths):
             p = entry.get("wilcoxon_p", _wilcoxon_p(entry["ratios"]))
             lines.append(
                 f"| {name} | {entry['geomean_speedup']:.3f} | {entry['faster_in']} "
-                f"| {entry['pairs']} | {_num(p, digits=3)} "
-                f"| {_num(entry.get('tuning_time_ratio'), digits=2)} |"
+                f"| {entry['pairs']} | {cell(p, digits=3)} "
+                f"| {cell(entry.get('tuning_time_ratio'), digits=2)} |"
             )
         lines.append("")
         file_pairs = _pairs(data)
-        lines += _evidence_lines(file_pairs)
+        lines += evidence_lines(file_pairs)
         for name, (speed, secs, kernels) in file_pairs.items():
             pooled.setdefault(name, ([], [], []))
             pooled[name][0].extend(speed)
@@ -313,11 +310,11 @@ def report(paths):
         for name, (speed, secs, _) in pooled.items():
             lines.append(
                 f"| {name} | {gmean(speed):.3f} | {sum(r > 1 for r in speed)} | {len(speed)} "
-                f"| {_num(_wilcoxon_p(speed), digits=3)} "
-                f"| {_num(gmean(secs) if secs else None, digits=2)} |"
+                f"| {cell(_wilcoxon_p(speed), digits=3)} "
+                f"| {cell(gmean(secs) if secs else None, digits=2)} |"
             )
         lines.append("")
-        lines += _evidence_lines(pooled)
+        lines += evidence_lines(pooled)
     return "\n".join(lines)
 
 
@@ -341,39 +338,6 @@ def _pairs(data):
                     secs.append(a["tuning_s"] / b["tuning_s"])
         pairs[f"{names[0]} vs {other}"] = (speed, secs, kernels)
     return pairs
-
-
-def _evidence_lines(pairs):
-    """Markdown: per comparison, what its pairs can say (``benchlib.pairs``), then per kernel
-    the comparisons between variants (not against the exploration)."""
-    from benchlib.pairs import evidence
-    from scipy.stats import gmean
-
-    lines = [
-        "| comparison | pairs | sd of log ratio | 95 % interval (bootstrap) | sees at 80 % power "
-        "| pairs for 1.05x |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name, (speed, _, _) in pairs.items():
-        ev = evidence(speed)
-        interval = ev["interval95"]
-        lines.append(
-            f"| {name} | {ev['pairs']} | {_num(ev['log_sd'], digits=3)} "
-            f"| {'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} "
-            f"| {_num(ev.get('detectable'), digits=3)} | {ev.get('pairs_needed', '')} |"
-        )
-    lines += ["", "| comparison | kernel | pairs | geomean speed-up | first faster in |"]
-    lines.append("|---|---|---|---|---|")
-    for name, (speed, _, kernels) in pairs.items():
-        if name.endswith(" vs exploration"):
-            continue
-        for kernel in dict.fromkeys(kernels):
-            mine = [r for r, k in zip(speed, kernels) if k == kernel]
-            lines.append(
-                f"| {name} | {kernel} | {len(mine)} | {gmean(mine):.3f} "
-                f"| {sum(r > 1 for r in mine)} |"
-            )
-    return lines + [""]
 
 
 def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place

@@ -317,17 +317,12 @@ def kept_runs(args, name, seed, planned, mod, target):
     return runs
 
 
-def _cell(value, digits):
-    """A table cell: ``value`` to ``digits`` decimals, empty for None."""
-    return "" if value is None else f"{value:.{digits}f}"
-
-
 def report(paths, first="droplet@T"):
     """Markdown: per comparison of ``first`` with another run (or torch), pooled over the result
     files ``paths`` (:func:`benchlib.pairs.gpu_pairs`): geometric-mean speed-up, pairs it is
-    faster in, exact Wilcoxon p, tuning-time ratio, the spread and bootstrap interval, and per
-    kernel."""
-    from benchlib.pairs import evidence, gpu_pairs
+    faster in, exact Wilcoxon p, tuning-time ratio, then :func:`benchlib.pairs.evidence_lines`
+    (spread, bootstrap interval, power; per kernel), as ``ab_droplet.py --report``."""
+    from benchlib.pairs import cell, evidence_lines, gpu_pairs
     from scipy.stats import gmean, wilcoxon
 
     docs = []
@@ -337,29 +332,18 @@ def report(paths, first="droplet@T"):
     pairs = gpu_pairs(docs, first)
     lines = [
         "| comparison | pairs | geomean speed-up of the first | first faster in | Wilcoxon p "
-        "| tuning time of the first (ratio) | sd of log ratio | 95 % interval (bootstrap) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| tuning time of the first (ratio) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, (speed, secs, _) in pairs.items():
         p = float(wilcoxon(np.log(speed)).pvalue) if len(speed) >= 2 else None
-        ev = evidence(speed)
-        interval = ev["interval95"]
         lines.append(
             f"| {name} | {len(speed)} | {gmean(speed):.3f} | {sum(r > 1 for r in speed)} "
-            f"| {_cell(p, 3)} | {_cell(gmean(secs) if secs else None, 2)} "
-            f"| {_cell(ev['log_sd'], 3)} "
-            f"| {'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} |"
+            f"| {cell(p, digits=3)} | {cell(gmean(secs) if secs else None, digits=2)} |"
         )
-    lines += ["", "| comparison | kernel | pairs | geomean speed-up | first faster in |"]
-    lines.append("|---|---|---|---|---|")
-    for name, (speed, _, keys) in pairs.items():
-        for kernel in dict.fromkeys(k for k, _ in keys):
-            mine = [r for r, (k, _) in zip(speed, keys) if k == kernel]
-            lines.append(
-                f"| {name} | {kernel} | {len(mine)} | {gmean(mine):.3f} "
-                f"| {sum(r > 1 for r in mine)} |"
-            )
-    return "\n".join(lines) + "\n"
+    lines.append("")
+    by_kernel = {name: (s, t, [k for k, _ in keys]) for name, (s, t, keys) in pairs.items()}
+    return "\n".join(lines + evidence_lines(by_kernel))
 
 
 def main(argv=None):

@@ -115,3 +115,41 @@ def gpu_pairs(docs, first: str = "droplet@T") -> dict:
             if mine.get("wall_secs") and run.get("wall_secs"):
                 secs.append(mine["wall_secs"] / run["wall_secs"])
     return pairs
+
+
+def cell(value, scale: float = 1.0, digits: int = 2) -> str:
+    """A Markdown table cell: ``value`` times ``scale`` to ``digits`` decimals, empty for None."""
+    return "" if value is None else f"{scale * value:.{digits}f}"
+
+
+def evidence_lines(pairs) -> list:
+    """Markdown: per comparison (``name -> (speed, secs, kernels)``) what its pairs can say
+    (:func:`evidence`), then per kernel the comparisons between variants (not against the
+    exploration)."""
+    from scipy.stats import gmean
+
+    lines = [
+        "| comparison | pairs | sd of log ratio | 95 % interval (bootstrap) | sees at 80 % power "
+        "| pairs for 1.05x |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, (speed, _, _) in pairs.items():
+        ev = evidence(speed)
+        interval = ev["interval95"]
+        lines.append(
+            f"| {name} | {ev['pairs']} | {cell(ev['log_sd'], digits=3)} "
+            f"| {'' if interval is None else f'{interval[0]:.3f}-{interval[1]:.3f}'} "
+            f"| {cell(ev.get('detectable'), digits=3)} | {ev.get('pairs_needed', '')} |"
+        )
+    lines += ["", "| comparison | kernel | pairs | geomean speed-up | first faster in |"]
+    lines.append("|---|---|---|---|---|")
+    for name, (speed, _, kernels) in pairs.items():
+        if name.endswith(" vs exploration"):
+            continue
+        for kernel in dict.fromkeys(kernels):
+            mine = [r for r, k in zip(speed, kernels) if k == kernel]
+            lines.append(
+                f"| {name} | {kernel} | {len(mine)} | {gmean(mine):.3f} "
+                f"| {sum(r > 1 for r in mine)} |"
+            )
+    return lines + [""]
