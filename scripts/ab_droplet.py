@@ -47,7 +47,9 @@ runs start first.
 ``--work-root DIR`` keeps every run under DIR with fixed names; a second invocation with the
 same arguments skips the runs and timings already done (a killed run is tuned again from
 scratch), so an A/B can span several time-limited calls. The work root keeps the environment
-record of the machine that tunes (``environment.json``, written by its first invocation).
+record of the machine that tunes (``environment.json``, written by its first invocation, is
+every result file's ``environment``; each file's ``invocation`` holds its own start date,
+command and commit).
 ``--collect`` with the same arguments starts nothing: it writes the result file from the runs
 and timings done so far (for an A/B whose machine was taken back before the end), with that
 record; the pairs not done are named.
@@ -85,7 +87,7 @@ from benchlib.env import environment
 from benchlib.kernels import te_kernel
 from benchlib.remeasure import fresh_command
 from benchlib.results import write_json
-from benchlib.runs import run_settings, tune_one
+from benchlib.runs import continue_exploration, parse_variants, run_settings, tune_one
 
 DEFAULT_VARIANTS = '{"default": {}, "ranked": {"rank_neighbors": true}}'
 
@@ -160,45 +162,11 @@ def parse_args(argv=None):
             f"with --trials {args.trials}; the descent needs trials left after the exploration"
         )
     try:
-        args.variants = json.loads(args.variants)
-        assert isinstance(args.variants, dict) and args.variants
-    except (json.JSONDecodeError, AssertionError):
-        parser.error(f"--variants must be a JSON object name -> options, got {args.variants!r}")
-    for name, options in args.variants.items():
-        trials = options.get("trials", args.trials) if isinstance(options, dict) else None
-        valid = isinstance(trials, int) and not isinstance(trials, bool)
-        if not valid or trials <= args.shared_exploration:
-            parser.error(
-                f'--variants: variant {name!r} must be an object whose optional "trials" is an '
-                f"integer above --shared-exploration ({args.shared_exploration}); got {options!r}"
-            )
+        parse_variants(args.variants, args.trials, args.shared_exploration)
+    except ValueError as err:
+        parser.error(str(err))
+    args.variants = json.loads(args.variants)
     return args
-
-
-def warm_cost_model(mod, target, work_dir, cores):
-    """An XGBoost cost model trained on every valid record of ``work_dir``'s database."""
-    import tvm
-    from tvm.s_tir import meta_schedule as ms
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
-    from tvm.s_tir.meta_schedule.runner import RunnerResult
-    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
-
-    from ms_droplet.measure import valid_run_secs
-
-    model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
-    context = ms.TuneContext(mod=mod, target=target, task_name="warm", num_threads=cores)
-    database = ms.database.JSONDatabase(work_dir=work_dir)
-    candidates, results = [], []
-    for record in database.get_all_tuning_records():
-        if not valid_run_secs(record.run_secs):
-            continue
-        sch = tvm.s_tir.Schedule(mod)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        args = ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
-        candidates.append(MeasureCandidate(sch, args))
-        results.append(RunnerResult(run_secs=record.run_secs, error_msg=None))
-    model.update(context, candidates, results)
-    return model
 
 
 def tune_one_main(path):
@@ -216,9 +184,9 @@ def tune_one_main(path):
     target = host_target(num_cores=spec["cores"])
     cost_model = "xgb"
     if spec.get("copy_from"):
-        shutil.copytree(spec["copy_from"], spec["work_dir"], ignore=shutil.ignore_patterns("logs"))
-        if spec.get("warm_model"):
-            cost_model = warm_cost_model(mod, target, spec["work_dir"], spec["cores"])
+        cost_model = continue_exploration(
+            spec["copy_from"], spec["work_dir"], mod, target, spec["cores"], spec.get("warm_model")
+        )
     _, wall, curve, _, reports = tune_one(
         mod,
         target,
@@ -255,10 +223,11 @@ def report(paths):
     (and, for several files, the comparisons pooled over all their pairs)."""
     from benchlib.pairs import cell, evidence_lines
 
-    lines, pooled = [], {}
+    lines, pooled, datas = [], {}, []
     for path in paths:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+        datas.append(data)
         lines += [
             f"## `{os.path.basename(path)}`",
             "",
@@ -297,6 +266,7 @@ def report(paths):
             pooled[name][0].extend(speed)
             pooled[name][1].extend(secs)
             pooled[name][2].extend(kernels)
+    lines += case_lines(datas)
     if len(paths) > 1 and pooled:
         from scipy.stats import gmean
 
@@ -316,6 +286,54 @@ def report(paths):
         lines.append("")
         lines += evidence_lines(pooled)
     return "\n".join(lines)
+
+
+def case_lines(datas):
+    """Markdown: one row per kernel and seed over all result files ``datas`` (a later file's
+    case replaces an earlier one's): each variant's re-measured time, the first variant's
+    speed-up over each other, and what the first variant's descent did (its start as recorded
+    in tuning, moves, restarts, duplicates, its own search seconds), with every run's tuning
+    seconds."""
+    from benchlib.pairs import cell
+
+    cases, names = {}, []
+    for data in datas:
+        for name in data["args"]["variants"]:
+            if name not in names:
+                names.append(name)
+        for r in data["results"]:
+            cases.setdefault((r["kernel"], r["seed"]), {})[r["variant"]] = r
+    if not cases or not names:
+        return []
+    first, others = names[0], names[1:]
+    lines = [
+        "## Per kernel and seed",
+        "",
+        "| kernel | seed | "
+        + " | ".join(f"{n} us" for n in names)
+        + "".join(f" | vs {n}" for n in others)
+        + " | descent start us | moves | restarts | duplicates | descent search s | tuning s ("
+        + " / ".join(names)
+        + ") |",
+        "|---" * (2 + len(names) + len(others) + 6) + "|",
+    ]
+    for (kernel, seed), by in sorted(cases.items()):
+        mine = by.get(first, {})
+        rep = (mine.get("reports") or [{}])[0]
+        ratios = []
+        for other in others:
+            a, b = mine.get("median_us"), by.get(other, {}).get("median_us")
+            ratios.append(cell(b / a if a and b else None, digits=3))
+        tuning = " / ".join(cell(by.get(n, {}).get("tuning_s"), digits=0) for n in names)
+        lines.append(
+            f"| {kernel} | {seed} | "
+            + " | ".join(cell(by.get(n, {}).get("median_us")) for n in names)
+            + "".join(f" | {r}" for r in ratios)
+            + f" | {cell(rep.get('descent_start_secs'), 1e6)} | {rep.get('moves', '')} "
+            f"| {rep.get('restarts', '')} | {rep.get('duplicates', '')} "
+            f"| {cell(rep.get('descent_search_secs'))} | {tuning} |"
+        )
+    return lines + [""]
 
 
 def _pairs(data):
@@ -355,6 +373,10 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
         runs_dir = tempfile.mkdtemp(prefix="runs_", dir=args.out)
     from ms_droplet.target import host_target
 
+    # This invocation's start, command and commit: the work root's record below is its first
+    # invocation's, which later ones (more seeds into the same root) keep.
+    invoked = environment(host_target(num_cores=args.cores))
+    invocation = {k: invoked[k] for k in ("date", "command", "commit")}
     env_path = os.path.join(runs_dir, "environment.json")
     if os.path.exists(env_path):  # the machine that tuned (a first invocation wrote it)
         with open(env_path, encoding="utf-8") as f:
@@ -362,7 +384,7 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
     elif args.collect:
         sys.exit(f"--collect: {env_path} is missing: no invocation tuned in --work-root")
     else:
-        tuned_on = environment(host_target(num_cores=args.cores))
+        tuned_on = invoked
         with open(env_path, "w", encoding="utf-8") as f:
             json.dump(tuned_on, f, indent=1)
     if args.retime:
@@ -554,7 +576,13 @@ def main(argv=None):  # noqa: C901 - one scheduling loop, kept in one place
                 "ratios": ratios,
             }
     print(json.dumps(summary, indent=1))
-    doc = {"args": vars(args), "setup": run_settings(args), "results": results, "summary": summary}
+    doc = {
+        "args": vars(args),
+        "setup": run_settings(args),
+        "invocation": invocation,
+        "results": results,
+        "summary": summary,
+    }
     if args.collect:  # the record is the tuning machine's; say when and where it was collected
         here = environment(host_target(num_cores=args.cores))
         doc["collected"] = {k: here[k] for k in ("date", "command", "commit", "cpu")}

@@ -36,11 +36,21 @@ finished runs of the same kernel and seed under the work root (say, a droplet ru
 code, renamed ``matmul-s1-droplet_T_before``) are re-measured with them, under their folder's
 suffix as label: an A/B comparison in one measurement.
 
+``--variants JSON`` (as in ``ab_droplet.py``: run name -> ``DropletSearch`` options, with
+optional ``"strategy"`` and ``"trials"``) replaces those runs; the first is compared with the
+others. ``--shared-exploration N`` tunes one N-trial evolutionary exploration per kernel and
+seed (the run ``exploration``) and lets every run continue from a copy of its records with the
+rest of its budget (``--warm-model``: its cost model trained on them first), so that a
+comparison of the descent's options is paired. ``--smoke`` runs that flow on this machine's
+CPU (a 128^3 matmul, no torch ceiling): CI's check of the script, not a GPU's numbers.
+
 Needs a CUDA GPU (see ``shared/device/README.md`` for the lent machines)::
 
     python scripts/bench_gpu.py --kernels matmul --trials 64 --out bench_gpu
     python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs --tune-only
     python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs
+    python scripts/bench_gpu.py --kernels matmul --seeds 1,2,3 --shared-exploration 32 \\
+        --warm-model --variants '{"droplet": {}, "guided": {"screen": 128, "kicks": 2}}'
 """
 
 from __future__ import annotations
@@ -55,21 +65,31 @@ import tempfile
 import time
 
 import numpy as np
+from benchlib.cli import parse_with_smoke
 from benchlib.env import describe, environment
 from benchlib.kernels import random_args
 from benchlib.remeasure import remeasure
 from benchlib.results import write_json, write_text
-from benchlib.runs import evaluator_settings, tune_one
+from benchlib.runs import (
+    Variant,
+    continue_exploration,
+    evaluator_settings,
+    parse_variants,
+    tune_one,
+)
 
 KERNELS = {
     "matmul": {"te": ("matmul", (1024, 1024, 1024)), "flop": 2 * 1024**3},
+    "matmul128": {"te": ("matmul", (128, 128, 128)), "flop": 2 * 128**3},  # --smoke
     "c2d": {"te": ("C2D", 0), "flop": None},
 }
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", default="matmul,c2d", help="comma-separated: matmul, c2d")
+    parser.add_argument(
+        "--kernels", default="matmul,c2d", help="comma-separated: matmul, c2d (matmul128: 128^3)"
+    )
     parser.add_argument("--trials", type=int, default=64, help="the budget T")
     parser.add_argument("--trials-per-iter", type=int, default=16)
     parser.add_argument("--seeds", default="1", help="comma-separated seeds")
@@ -87,6 +107,29 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     parser.add_argument("--out", default="bench_gpu", help="output folder")
     parser.add_argument(
+        "--variants",
+        default=None,
+        help='JSON: run name -> DropletSearch options, with optional "strategy" and '
+        '"trials" (as in ab_droplet.py), e.g. \'{"droplet": {}, "guided": {"screen": 128, '
+        '"kicks": 2}}\': these runs instead of droplet@T, evolutionary@T and evolutionary@4T; '
+        "the first is compared with the others",
+    )
+    parser.add_argument(
+        "--shared-exploration",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per kernel and seed, one evolutionary exploration of N trials (the run "
+        "'exploration'); every run continues from a copy of its records with the rest of "
+        "its budget (0: every run from scratch)",
+    )
+    parser.add_argument(
+        "--warm-model",
+        action="store_true",
+        help="with --shared-exploration: each run's cost model starts trained on the "
+        "exploration's records",
+    )
+    parser.add_argument(
         "--report",
         nargs="+",
         default=None,
@@ -94,7 +137,65 @@ def parse_args(argv=None):
         help="print the paired comparisons of these result files (pooled; a kernel and seed "
         "in a later file replaces an earlier one) and exit; needs no GPU",
     )
-    return parser.parse_args(argv)
+    smoke = {
+        "kernels": "matmul128",
+        "seeds": "1",
+        "trials": 12,
+        "trials_per_iter": 4,
+        "rounds": 3,
+        "shared_exploration": 4,
+        "warm_model": True,
+        "variants": '{"droplet": {}, "screened": {"screen": 16}, "evolutionary": '
+        '{"strategy": "evolutionary"}}',
+    }
+    args = parse_with_smoke(
+        parser,
+        argv,
+        "on this machine's CPU (no GPU, no torch ceiling): a 128^3 matmul, three 12-trial runs "
+        "continuing a shared 4-trial exploration (CI: the script's flow, not a GPU's numbers)",
+        **smoke,
+    )
+    if args.report:
+        return args
+    if args.variants is not None and args.no_4x:
+        parser.error("--no-4x skips a default run; with --variants, name only the runs you want")
+    if args.warm_model and not args.shared_exploration:
+        parser.error("--warm-model needs --shared-exploration: the model is warmed on its records")
+    if not 0 <= args.shared_exploration < args.trials:
+        parser.error(
+            f"--shared-exploration must be in [0, --trials), got {args.shared_exploration} "
+            f"with --trials {args.trials}; the runs need trials left after the exploration"
+        )
+    try:
+        args.plan = plan_of(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+EXPLORATION = "exploration"
+"""The label of a shared exploration's run (``--shared-exploration``)."""
+
+
+def plan_of(args):
+    """The runs of each kernel and seed: label -> :class:`benchlib.runs.Variant`, the one
+    compared with the others first (``--variants``, or droplet@T, evolutionary@T and, without
+    ``--no-4x``, evolutionary@4T)."""
+    if args.variants is None:
+        plan = {
+            "droplet@T": Variant("droplet", args.trials, {}),
+            "evolutionary@T": Variant("evolutionary", args.trials, {}),
+        }
+        if not args.no_4x:
+            plan["evolutionary@4T"] = Variant("evolutionary", 4 * args.trials, {})
+        return plan
+    plan = parse_variants(args.variants, args.trials, args.shared_exploration, path_safe=True)
+    if EXPLORATION in plan and args.shared_exploration:
+        raise ValueError(
+            f"--variants: the name {EXPLORATION!r} is the shared exploration's run; name the "
+            "variant otherwise"
+        )
+    return plan
 
 
 def cuda_target():
@@ -130,7 +231,7 @@ def workload(name):
 
 def reference(name, inputs):
     """The float64 result on the CPU."""
-    if name == "matmul":
+    if name.startswith("matmul"):
         return inputs[0].astype("float64") @ inputs[1].astype("float64")
     import torch
 
@@ -200,6 +301,10 @@ def run_settings(args):
         "remeasure": f"{args.rounds} interleaved rounds of time_evaluator(number=20, "
         "min_repeat_ms=50), median",
         "cost_model": "xgb (MetaSchedule default)",
+        "runs": {label: variant._asdict() for label, variant in args.plan.items()},
+        "first": next(iter(args.plan)),
+        "shared_exploration": args.shared_exploration,
+        "warm_model": args.warm_model,
     }
 
 
@@ -249,8 +354,17 @@ def winner(work_dir, mod, target):
     return ms.tir_integration.compile_tir(database, mod, target)
 
 
-def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
-    """One run's record (with its winner under ``_sch``): tuned now, or reused from the root."""
+def tuned_run(args, name, seed, label, variant, mod, target, begin, explored=None):
+    """One run's record (with its winner under ``_sch``): tuned now, or reused from the root.
+
+    ``explored``: the work_dir of the shared exploration this run continues (its records are
+    copied in; the run spends the rest of its budget), or None for a run from scratch.
+    """
+    budget, options = variant.trials, dict(variant.options)
+    if explored is not None:
+        budget -= args.shared_exploration
+        if variant.strategy == "droplet":  # the copied records are its exploration
+            options = {"exploration_trials": args.shared_exploration, **options}
     if args.work_root:
         work_dir = os.path.join(args.work_root, f"{name}-s{seed}-{label.replace('@', '_')}")
         meta_path = os.path.join(work_dir, "bench_run.json")
@@ -259,23 +373,41 @@ def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
                 run = json.load(f)
             run["_sch"] = winner(work_dir, mod, target)
             run["reused"] = True
+            run["work_dir"] = work_dir
             print(f"{name} s{seed} {label}: reused from {work_dir}", flush=True)
             return run
         if os.path.exists(work_dir):
             shutil.rmtree(work_dir)  # an unfinished run: droplet would resume from it
-        os.makedirs(work_dir)
     else:
         # A fresh work_dir: droplet would resume from an earlier run's records.
-        work_dir = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
+        parent = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
+        work_dir = os.path.join(parent, "work")
     if time.perf_counter() - begin > args.time_limit:
         return {"label": label, "skipped": "time limit", "_sch": None}
+    cost_model = "xgb"
+    if explored is not None:
+        cores = os.cpu_count() or 1
+        cost_model = continue_exploration(explored, work_dir, mod, target, cores, args.warm_model)
+    else:
+        os.makedirs(work_dir)
     _, wall, curve, profile, reports = tune_one(
-        mod, target, work_dir, strategy, budget, args.trials_per_iter, seed
+        mod,
+        target,
+        work_dir,
+        variant.strategy,
+        budget,
+        args.trials_per_iter,
+        seed,
+        options=options,
+        cost_model=cost_model,
     )
     sch = winner(work_dir, mod, target)
     run = {
         "label": label,
         "seed": seed,
+        "strategy": variant.strategy,
+        "options": options,
+        "continues": EXPLORATION if explored is not None else None,
         "trials": curve.trials,
         "failed": curve.failed,
         "wall_secs": wall,
@@ -293,6 +425,7 @@ def tuned_run(args, name, seed, label, strategy, budget, mod, target, begin):
         flush=True,
     )
     run["_sch"] = sch
+    run["work_dir"] = work_dir
     return run
 
 
@@ -317,11 +450,14 @@ def kept_runs(args, name, seed, planned, mod, target):
     return runs
 
 
-def report(paths, first="droplet@T"):
+def report(paths, first=None):
     """Markdown: per comparison of ``first`` with another run (or torch), pooled over the result
     files ``paths`` (:func:`benchlib.pairs.gpu_pairs`): geometric-mean speed-up, pairs it is
     faster in, exact Wilcoxon p, tuning-time ratio, then :func:`benchlib.pairs.evidence_lines`
-    (spread, bootstrap interval, power; per kernel), as ``ab_droplet.py --report``."""
+    (spread, bootstrap interval, power; per kernel), as ``ab_droplet.py --report``.
+
+    ``first`` None: the first run of the first file's plan (``setup.first``: the first of
+    ``--variants``), or ``droplet@T`` for files written before it was recorded."""
     from benchlib.pairs import cell, evidence_lines, gpu_pairs
     from scipy.stats import gmean, wilcoxon
 
@@ -329,6 +465,8 @@ def report(paths, first="droplet@T"):
     for path in paths:
         with open(path, encoding="utf-8") as f:
             docs.append(json.load(f))
+    if first is None:
+        first = docs[0].get("setup", {}).get("first", "droplet@T") if docs else "droplet@T"
     pairs = gpu_pairs(docs, first)
     lines = [
         "| comparison | pairs | geomean speed-up of the first | first faster in | Wilcoxon p "
@@ -352,8 +490,13 @@ def main(argv=None):
         print(report(args.report))
         return
     os.makedirs(args.out, exist_ok=True)
-    target = cuda_target()
-    env, setup = environment(target, gpu=True), run_settings(args)
+    if args.smoke:
+        from ms_droplet.target import host_target
+
+        target = host_target()
+    else:
+        target = cuda_target()
+    env, setup = environment(target, gpu=not args.smoke), run_settings(args)
     print(json.dumps({"environment": env, "setup": setup}, indent=1), flush=True)
     begin = time.perf_counter()
     stem = "gpu-" + args.kernels.replace(",", "-")
@@ -362,18 +505,21 @@ def main(argv=None):
     for name in args.kernels.split(","):
         mod = workload(name)
         for seed in setup["seeds"]:
-            plan = [
-                ("droplet@T", "droplet", args.trials),
-                ("evolutionary@T", "evolutionary", args.trials),
-            ]
-            if not args.no_4x:
-                plan.append(("evolutionary@4T", "evolutionary", 4 * args.trials))
-            runs = [
-                tuned_run(args, name, seed, label, strategy, budget, mod, target, begin)
-                for label, strategy, budget in plan
+            runs, explored = [], None
+            if args.shared_exploration:
+                shared = Variant("evolutionary", args.shared_exploration, {})
+                first = tuned_run(args, name, seed, EXPLORATION, shared, mod, target, begin)
+                runs.append(first)
+                if first.get("skipped"):
+                    continue
+                explored = first["work_dir"]
+            runs += [
+                tuned_run(args, name, seed, label, variant, mod, target, begin, explored)
+                for label, variant in args.plan.items()
                 if wanted is None or label in wanted
             ]
-            runs += kept_runs(args, name, seed, {label for label, *_ in plan}, mod, target)
+            planned = set(args.plan) | {EXPLORATION}
+            runs += kept_runs(args, name, seed, planned, mod, target)
             if args.tune_only:
                 continue
             # Inputs from the seed: each seed's winners are checked on their own random data.
@@ -387,7 +533,7 @@ def main(argv=None):
                 number=20,
                 atol_scale=1e-4,
             )
-            ceiling = torch_ceiling(name, args.rounds)
+            ceiling = {"skipped": "--smoke"} if args.smoke else torch_ceiling(name, args.rounds)
             results.append({"kernel": name, "seed": seed, "runs": runs, "ceiling": ceiling})
             doc = {"setup": setup, "results": results}
             write_json(os.path.join(args.out, f"{stem}.json"), doc, env, default=str)

@@ -557,3 +557,140 @@ def test_gpu_pairs_pair_runs_of_one_call_and_a_later_call_replaces_an_earlier():
     assert got["droplet@T vs evolutionary@4T"][0] == pytest.approx([39 / 52])
     speed, secs, keys = got["droplet@T vs torch"]
     assert (speed, secs, keys) == ([pytest.approx(0.8)], [], [("matmul", 1)])
+
+
+# -- variants of the A/B scripts ---------------------------------------------------------------
+
+
+def test_parse_variants_gives_strategy_budget_and_options_in_order():
+    got = runs.parse_variants(
+        '{"droplet": {}, "guided": {"screen": 128, "kicks": 2}, '
+        '"evolutionary@4T": {"strategy": "evolutionary", "trials": 256}}',
+        64,
+        shared=32,
+    )
+    assert list(got) == ["droplet", "guided", "evolutionary@4T"]
+    assert got["droplet"] == runs.Variant("droplet", 64, {})
+    assert got["guided"] == runs.Variant("droplet", 64, {"screen": 128, "kicks": 2})
+    assert got["evolutionary@4T"] == runs.Variant("evolutionary", 256, {})
+
+
+@pytest.mark.parametrize(
+    ("text", "shared", "path_safe", "fragment"),
+    [
+        ("{not json", 0, False, "must be a JSON object"),
+        ("[]", 0, False, "non-empty JSON object"),
+        ("{}", 0, False, "non-empty JSON object"),
+        ('{"a": 3}', 0, False, "variant 'a' must map to an object"),
+        ('{"a": {"trials": 16}}', 16, False, 'optional "trials" is an integer above'),
+        ('{"a": {"trials": true}}', 0, False, 'optional "trials" is an integer above'),
+        ('{"a": {"strategy": "evolutionary", "screen": 8}}', 0, False, "droplet variants only"),
+        ('{"a/b": {}}', 0, True, "becomes a folder name"),
+    ],
+)
+def test_parse_variants_refuses_with_the_rule(text, shared, path_safe, fragment):
+    with pytest.raises(ValueError, match="--variants") as err:
+        runs.parse_variants(text, 64, shared=shared, path_safe=path_safe)
+    assert fragment in str(err.value)
+
+
+def test_parse_variants_allows_any_name_where_it_is_no_folder():
+    assert list(runs.parse_variants('{"a/b": {}}', 8)) == ["a/b"]
+
+
+def test_bench_gpu_plans_the_default_runs_or_the_variants():
+    bench_gpu = _load_script("bench_gpu")
+    args = bench_gpu.parse_args(["--trials", "64"])
+    assert args.plan == {
+        "droplet@T": runs.Variant("droplet", 64, {}),
+        "evolutionary@T": runs.Variant("evolutionary", 64, {}),
+        "evolutionary@4T": runs.Variant("evolutionary", 256, {}),
+    }
+    assert list(bench_gpu.parse_args(["--no-4x"]).plan) == ["droplet@T", "evolutionary@T"]
+    args = bench_gpu.parse_args(
+        ["--variants", '{"b": {"screen": 128}, "a": {}}', "--shared-exploration", "32"]
+    )
+    assert args.plan == {
+        "b": runs.Variant("droplet", 64, {"screen": 128}),
+        "a": runs.Variant("droplet", 64, {}),
+    }
+    assert bench_gpu.run_settings(args)["first"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--variants", '{"a": {}}', "--no-4x"], "--no-4x skips a default run"),
+        (["--warm-model"], "--warm-model needs --shared-exploration"),
+        (["--shared-exploration", "64"], "--shared-exploration must be in [0, --trials)"),
+        (
+            ["--variants", '{"exploration": {}}', "--shared-exploration", "8"],
+            "the shared exploration's run",
+        ),
+        (["--variants", '{"a b": {}}'], "becomes a folder name"),
+    ],
+)
+def test_bench_gpu_refuses_bad_plans_naming_the_option(argv, fragment, capsys):
+    bench_gpu = _load_script("bench_gpu")
+    with pytest.raises(SystemExit):
+        bench_gpu.parse_args(argv)
+    assert fragment in capsys.readouterr().err
+
+
+def test_bench_gpu_report_compares_the_first_run_of_the_plan(tmp_path):
+    bench_gpu = _load_script("bench_gpu")
+    doc = {
+        "setup": {"first": "guided"},
+        "results": [
+            _gpu_entry("matmul", s, {"guided": (50, 100), "droplet": (55, 100)}) for s in (1, 2)
+        ],
+    }
+    path = tmp_path / "gpu.json"
+    path.write_text(json.dumps(doc))
+    text = bench_gpu.report([str(path)])
+    assert "| guided vs droplet | 2 | 1.100 | 2 |" in text
+    older = {"results": [_gpu_entry("matmul", 1, {"droplet@T": (50, 90), "x": (60, 90)})]}
+    path.write_text(json.dumps(older))  # written before setup.first: droplet@T
+    assert "| droplet@T vs x | 1 | 1.200 | 1 |" in bench_gpu.report([str(path)])
+
+
+def test_ab_report_has_a_row_per_kernel_and_seed_with_the_later_file_winning():
+    ab = _load_script("ab_droplet")
+    variants = {"droplet": {}, "evolutionary@T": {"strategy": "evolutionary"}}
+    report = {"descent_start_secs": 12e-6, "moves": 2, "restarts": 1, "duplicates": 3}
+    report["descent_search_secs"] = 0.5
+
+    def result(seed, variant, us, tuning_s):
+        reports = [report] if variant == "droplet" else []
+        return {
+            "kernel": "GMM:1",
+            "seed": seed,
+            "variant": variant,
+            "median_us": us,
+            "tuning_s": tuning_s,
+            "reports": reports,
+        }
+
+    early = {
+        "args": {"variants": variants},
+        "results": [
+            result(1, "droplet", 10.0, 60),
+            result(1, "evolutionary@T", 11.0, 70),
+        ],
+    }
+    later = {
+        "args": {"variants": variants},
+        "results": [
+            result(1, "droplet", 10.0, 61),
+            result(1, "evolutionary@T", 12.0, 71),
+            result(2, "droplet", 20.0, 62),
+            result(2, "evolutionary@T", None, 72),
+        ],
+    }
+    lines = ab.case_lines([early, later])
+    assert lines[2].startswith(
+        "| kernel | seed | droplet us | evolutionary@T us | vs evolutionary@T |"
+    )
+    assert lines[4] == "| GMM:1 | 1 | 10.00 | 12.00 | 1.200 | 12.00 | 2 | 1 | 3 | 0.50 | 61 / 71 |"
+    assert lines[5] == "| GMM:1 | 2 | 20.00 |  |  | 12.00 | 2 | 1 | 3 | 0.50 | 62 / 72 |"
+    assert len(lines) == 7 and ab.case_lines([]) == []

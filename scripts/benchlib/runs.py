@@ -18,12 +18,17 @@
 
 Built on the package's :func:`ms_droplet.kernel.tune_kernel` (``FastBuilder``, the runner of
 :mod:`ms_droplet.measure`, the work_dir checked and locked), with MetaSchedule's profiler
-around it and its per-candidate curve condensed to the scripts' per-batch one.
+around it and its per-candidate curve condensed to the scripts' per-batch one. The A/B
+scripts' variants (:func:`parse_variants`) and a run that continues a shared exploration
+(:func:`continue_exploration`) are here too, for ``ab_droplet.py`` (CPU) and ``bench_gpu.py``.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import re
+import shutil
 from typing import NamedTuple
 
 
@@ -194,3 +199,122 @@ def run_settings(args):
         "kernels": args.kernels.split(","),
         "rounds": args.rounds,
     }
+
+
+class Variant(NamedTuple):
+    """One variant of an A/B: what :func:`tune_one` is given for it."""
+
+    strategy: str
+    """``"droplet"`` or a MetaSchedule strategy name."""
+    trials: int
+    """Its whole budget, a shared exploration included."""
+    options: dict
+    """``DropletSearch`` options (empty for other strategies)."""
+
+
+_PATH_SAFE = re.compile(r"^[A-Za-z0-9_.@=+-]+$")
+
+
+def parse_variants(text: str, trials: int, shared: int = 0, path_safe: bool = False) -> dict:
+    """The ``--variants`` argument of the A/B scripts, checked.
+
+    Parameters
+    ----------
+    text : str
+        A JSON object: variant name -> ``DropletSearch`` options, where ``"strategy"`` (a
+        MetaSchedule strategy name instead of droplet) and ``"trials"`` (the variant's own
+        budget instead of ``trials``) may appear among them.
+    trials : int
+        The budget T of a variant that names none.
+    shared : int
+        Trials of a shared exploration, which every variant's budget must exceed.
+    path_safe : bool
+        Names become folder names: only letters, digits and ``_ . @ = + -``.
+
+    Returns
+    -------
+    dict
+        name -> :class:`Variant`, in the order given (the first is the one compared with the
+        others).
+
+    Raises
+    ------
+    ValueError
+        Naming ``--variants``, the rule broken, what was received and how to fix it.
+    """
+    try:
+        variants = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"--variants must be a JSON object name -> options, got {text!r} ({err}); e.g. "
+            '\'{"droplet": {}, "guided": {"screen": 128}}\''
+        ) from None
+    if not isinstance(variants, dict) or not variants:
+        raise ValueError(
+            f"--variants must be a non-empty JSON object name -> options, got {text!r}"
+        )
+    plan = {}
+    for name, options in variants.items():
+        if path_safe and not _PATH_SAFE.match(name):
+            raise ValueError(
+                f"--variants: the name {name!r} becomes a folder name; use only letters, "
+                "digits and _ . @ = + -"
+            )
+        if not isinstance(options, dict):
+            raise ValueError(
+                f"--variants: variant {name!r} must map to an object of options, got {options!r}"
+            )
+        options = dict(options)
+        strategy = options.pop("strategy", "droplet")
+        budget = options.pop("trials", trials)
+        if not isinstance(budget, int) or isinstance(budget, bool) or budget <= shared:
+            raise ValueError(
+                f'--variants: variant {name!r} must be an object whose optional "trials" is an '
+                f"integer above --shared-exploration ({shared}); got {variants[name]!r}"
+            )
+        if not isinstance(strategy, str) or (strategy != "droplet" and options):
+            raise ValueError(
+                f"--variants: variant {name!r} names the strategy {strategy!r} and the options "
+                f'{sorted(options)}; options other than "strategy" and "trials" are '
+                "DropletSearch's, for droplet variants only"
+            )
+        plan[name] = Variant(strategy, budget, options)
+    return plan
+
+
+def continue_exploration(explored_dir, work_dir, mod, target, cores, warm_model):
+    """Prepare ``work_dir`` for a run that continues a shared exploration.
+
+    The exploration's database (not its logs) is copied into ``work_dir``, which must not
+    exist; its records then count toward the run (droplet's resume rule). Returns the cost
+    model for :func:`tune_one`: XGBoost trained on every valid copied record when
+    ``warm_model`` (as the exploration's own model had been), else ``"xgb"`` (a new one).
+    """
+    shutil.copytree(explored_dir, work_dir, ignore=shutil.ignore_patterns("logs"))
+    return warm_cost_model(mod, target, work_dir, cores) if warm_model else "xgb"
+
+
+def warm_cost_model(mod, target, work_dir, cores):
+    """An XGBoost cost model trained on every valid record of ``work_dir``'s database."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    from tvm.s_tir.meta_schedule.runner import RunnerResult
+    from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
+
+    from ms_droplet.measure import valid_run_secs
+
+    model = ms.cost_model.CostModel.create("xgb", num_tuning_cores=cores)
+    context = ms.TuneContext(mod=mod, target=target, task_name="warm", num_threads=cores)
+    database = ms.database.JSONDatabase(work_dir=work_dir)
+    candidates, results = [], []
+    for record in database.get_all_tuning_records():
+        if not valid_run_secs(record.run_secs):
+            continue
+        sch = tvm.s_tir.Schedule(mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+        args = ArgInfo.from_entry_func(sch.mod, remove_preproc=True)
+        candidates.append(MeasureCandidate(sch, args))
+        results.append(RunnerResult(run_secs=record.run_secs, error_msg=None))
+    model.update(context, candidates, results)
+    return model
