@@ -376,14 +376,16 @@ def tuned_run(args, name, seed, label, variant, mod, target, begin, explored=Non
             run["work_dir"] = work_dir
             print(f"{name} s{seed} {label}: reused from {work_dir}", flush=True)
             return run
+    # Checked before an unfinished run is removed: a re-measure with --time-limit 0 keeps it.
+    if time.perf_counter() - begin > args.time_limit:
+        return {"label": label, "skipped": "time limit", "_sch": None}
+    if args.work_root:
         if os.path.exists(work_dir):
             shutil.rmtree(work_dir)  # an unfinished run: droplet would resume from it
     else:
         # A fresh work_dir: droplet would resume from an earlier run's records.
         parent = tempfile.mkdtemp(prefix=f"bench_gpu_{name}_{label.replace('@', '_')}_")
         work_dir = os.path.join(parent, "work")
-    if time.perf_counter() - begin > args.time_limit:
-        return {"label": label, "skipped": "time limit", "_sch": None}
     cost_model = "xgb"
     if explored is not None:
         cores = os.cpu_count() or 1
