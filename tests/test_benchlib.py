@@ -33,6 +33,7 @@ import platform
 import re
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -635,6 +636,20 @@ def test_bench_gpu_refuses_bad_plans_naming_the_option(argv, fragment, capsys):
     with pytest.raises(SystemExit):
         bench_gpu.parse_args(argv)
     assert fragment in capsys.readouterr().err
+
+
+def test_bench_gpu_time_limit_keeps_an_unfinished_run(tmp_path):
+    # A re-measurement (--time-limit 0) over a work root must not delete a partial run's records.
+    bench_gpu = _load_script("bench_gpu")
+    args = bench_gpu.parse_args(["--work-root", str(tmp_path), "--time-limit", "0"])
+    partial = tmp_path / "matmul-s1-droplet_T"
+    partial.mkdir()
+    (partial / "database_tuning_record.json").write_text("{}\n")
+    variant = args.plan["droplet@T"]
+    begin = time.perf_counter() - 1.0
+    run = bench_gpu.tuned_run(args, "matmul", 1, "droplet@T", variant, None, None, begin)
+    assert run["skipped"] == "time limit"
+    assert (partial / "database_tuning_record.json").read_text() == "{}\n"
 
 
 def test_bench_gpu_report_compares_the_first_run_of_the_plan(tmp_path):
