@@ -37,12 +37,7 @@ from ._acceptance import (
     compare_samples,
     sure_gain_bound,
 )
-from ._neighbors import (
-    index_neighbors,
-    partitioned_tile_neighbors,
-    tile_neighbors,
-    wide_tile_neighbors,
-)
+from ._neighbors import index_neighbors, partitioned_tile_neighbors, tile_neighbors
 
 Value = Hashable
 Vector = tuple
@@ -97,12 +92,9 @@ class Coordinate:
                 "only these instructions carry values the descent may move"
             )
 
-    def neighbors(self, value: Value, step: int | None) -> list[Value]:
-        """The legal values ``step`` steps away from ``value``, in a fixed order; ``step=None``:
-        the wide neighbors (:meth:`wide_neighbors`)."""
+    def neighbors(self, value: Value, step: int) -> list[Value]:
+        """The legal values ``step`` steps away from ``value``, in a fixed order."""
         if self.kind == PERFECT_TILE:
-            if step is None:
-                return wide_tile_neighbors(value, self.max_innermost_factor)  # type: ignore[arg-type]
             return tile_neighbors(value, step, self.max_innermost_factor)  # type: ignore[arg-type]
         if self.kind == PARTITIONED_TILE:
             return partitioned_tile_neighbors(
@@ -112,11 +104,6 @@ class Coordinate:
                 self.innerpart_factor,
             )
         return index_neighbors(value, self.choices, step)  # type: ignore[arg-type]
-
-    def wide_neighbors(self, value: Value) -> list[Value]:
-        """Every legal value one MetaSchedule mutation reaches from ``value``, in a fixed order:
-        any divisor moved between two tile levels, any other index or compute location."""
-        return self.neighbors(value, None)
 
     def continue_move(self, old: Value, new: Value, max_step: int) -> Value | None:
         """Repeat the move ``old -> new`` once more from ``new``, if that is legal.
@@ -155,9 +142,6 @@ class DescentConfig:
     min_measurements: int = 2
     max_measurements: int = 3
     sure_gain: float = 0.1
-    screen: int = 0
-    screen_measure: int = 16
-    screen_random: float = 0.25
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_measurements <= self.max_measurements:
@@ -259,9 +243,6 @@ class DescentCore:
         self._queue: list[Vector] = []
         self._neighborhood: set[Vector] = set()
         self._contested: list[Vector] = []
-        self._screening = config.screen > 0
-        self._pool: list[Vector] = []
-        self._prefix: list[Vector] = []
         self.incumbent: Vector = tuple(start)
         if start_samples:
             self.observe(self.incumbent, start_samples)
@@ -293,13 +274,6 @@ class DescentCore:
             return None
         if self._unvisited():
             return None
-        if self._screening:
-            return (
-                f"local optimum: the {sum(v in self._obs for v in self._neighborhood)} "
-                "neighbors measured of a screened "
-                f"pool of {len(self._pool)} are known and none is faster with p <= "
-                f"{self.config.p_value}"
-            )
         return (
             f"local optimum: all {len(self._neighborhood)} neighbors up to step "
             f"{self.config.max_step} are known and none is faster with p <= {self.config.p_value}"
@@ -423,10 +397,6 @@ class DescentCore:
             return move
         contested.sort(key=lambda item: (item[0], repr(item[1])))
         self._contested = [vector for _, vector in contested]
-        if self._screening:
-            # The cost model learnt from the batch just measured: pick the rest of this
-            # incumbent's share of the pool with it.
-            self._set_queue(self._prefix + self._screened())
         return None
 
     # -- internals -----------------------------------------------------------------------------
@@ -505,11 +475,6 @@ class DescentCore:
             if len(used) >= 2:
                 ordered.append(tuple(combined))
             ordered.extend(inc[:i] + (value,) + inc[i + 1 :] for i, value in singles)
-        if self._screening:
-            self._prefix = ordered
-            self._pool = self._wide_pool()
-            self._set_queue(ordered + self._screened())
-            return
         for step in range(1, self.config.max_step + 1):
             level = []
             for i, coord in enumerate(self._coordinates):
@@ -527,57 +492,3 @@ class DescentCore:
         seen: set[Vector] = {self.incumbent}
         self._queue = [v for v in ordered if not (v in seen or seen.add(v))]
         self._neighborhood |= set(self._queue)
-
-    # -- screening -----------------------------------------------------------------------------
-    def _wide_pool(self) -> list[Vector]:
-        """Up to ``config.screen`` neighbors of the incumbent: every wide single-coordinate
-        neighbor (:meth:`Coordinate.wide_neighbors`), then pairs of them on two coordinates
-        drawn at random, in a random order."""
-        inc, size = self.incumbent, self.config.screen
-        singles = [
-            (i, value)
-            for i, coord in enumerate(self._coordinates)
-            for value in coord.wide_neighbors(inc[i])
-        ]
-        order = self._rng.permutation(len(singles))
-        pool = [inc[:i] + (value,) + inc[i + 1 :] for i, value in (singles[j] for j in order)]
-        pool = pool[:size]
-        seen = set(pool)
-        coords = {i for i, _ in singles}
-        tries = 4 * max(0, size - len(pool))
-        while len(pool) < size and len(coords) >= 2 and tries > 0:
-            tries -= 1
-            (i, a), (j, b) = (singles[k] for k in self._rng.choice(len(singles), 2, replace=False))
-            if i == j:
-                continue
-            pair = list(inc)
-            pair[i], pair[j] = a, b
-            pair = tuple(pair)
-            if pair not in seen:
-                seen.add(pair)
-                pool.append(pair)
-        return pool
-
-    def _screened(self) -> list[Vector]:
-        """The pool's vectors to measure next: the best predicted by ``rank`` with a random
-        share (``config.screen_random``) of the rest, ``config.screen_measure`` per incumbent
-        in all, known vectors first (they cost no trial)."""
-        left = self.config.screen_measure - sum(
-            1 for v in self._pool if v in self._obs or v in self._pending
-        )
-        todo = [v for v in self._pool if v not in self._obs and v not in self._pending]
-        if left <= 0 or not todo:
-            return []
-        ranked = [v for v in self._ranked(todo) if v not in self._invalid]
-        if len(ranked) <= left:
-            return ranked
-        n_random = round(left * self.config.screen_random)
-        top, rest = ranked[: left - n_random], ranked[left - n_random :]
-        picked = [rest[k] for k in sorted(self._rng.choice(len(rest), n_random, replace=False))]
-        # One random pick after every few predicted ones, so that each batch has its share.
-        out, every = [], max(1, len(top) // max(1, n_random))
-        for n, vector in enumerate(top):
-            out.append(vector)
-            if picked and (n + 1) % every == 0:
-                out.append(picked.pop(0))
-        return out + picked

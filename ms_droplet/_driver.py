@@ -33,7 +33,7 @@ from tvm.s_tir.meta_schedule.search_strategy import MeasureCandidate
 
 from ._descent import DescentConfig, DescentCore, Move, Vector
 from ._options import DropletOptions
-from ._state import Batch, DescentRun, RunState
+from ._state import Batch, RunState
 from ._trace import TraceSpace
 
 
@@ -120,12 +120,7 @@ class DescentDriver:
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
             + (" (no descent began or ended there before)" if state.counts.restarts else "")
-            + ("; measuring it again" if again else "")
-            + (
-                f"; screening {self._options.screen} neighbors per incumbent with the cost model"
-                if self._options.screen
-                else ""
-            ),
+            + ("; measuring it again" if again else ""),
             state.counts.exploration,
             source,
             fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
@@ -159,82 +154,10 @@ class DescentDriver:
             return None
         return int(cores) * jobs[0]
 
-    def kick(self, state: RunState) -> bool:
-        """After a descent ended at a local optimum: begin the next descent from a jump away
-        from the best optimum so far (iterated local search), unless ``kicks`` kicks in a row
-        found no better optimum. Returns False when there is no kick to make (a restart may
-        follow). Its time counts as the descent's own search time."""
-        tic = time.perf_counter()
-        try:
-            return self._kick(state)
-        finally:
-            state.search_secs += time.perf_counter() - tic
-
-    def _kick(self, state: RunState) -> bool:
-        run, options = state.descent, self._options
-        core = run.core
-        if not options.kicks or core is None or run.space is None:
-            return False
-        if core.incumbent_samples:
-            if not (core.stop_reason or "").startswith("local optimum"):
-                return False
-            mean = float(np.mean(core.incumbent_samples))
-            if state.best_optimum is None or mean < state.best_optimum[0]:
-                state.best_optimum = (mean, core.incumbent, run.space)
-                state.kicks_since_best = 0
-        elif state.best_optimum is None:
-            return False  # the first descent's start failed: no optimum to kick from
-        else:
-            # A kick's start failed to build or run (a builder timeout on a busy machine, say):
-            # a kick that found no better optimum; the next one jumps from the best again.
-            mean = state.best_optimum[0]
-        if state.kicks_since_best >= options.kicks:
-            return False
-        best_mean, base, space = state.best_optimum
-        jumps = self._jumps(state, base, space)
-        kicked = DescentRun()
-        kicked.started, kicked.space = True, space
-        state.descent = kicked
-        scores = self._rank(state, jumps)
-        if scores is None:  # no model: the first jump that builds and was never measured
-            scores = []
-            for vector in jumps:
-                built = self._replay(state, vector, reject=False) is not None
-                new = built and not state.pool.knows(kicked.hash_of.get(vector))
-                scores.append(0.0 if new else None)
-                if new:
-                    break
-        # Never a schedule measured before (scored inf), nor one that does not build (None).
-        fresh = [
-            (score, n)
-            for n, score in enumerate(scores)
-            if score is not None and math.isfinite(score)
-        ]
-        if not fresh:
-            self._logger.info("droplet: no kick: none of %d jumps is new and builds", len(jumps))
-            state.descent = run  # the ended descent, for the restart that may follow
-            return False
-        state.pool.mark_visited(run.incumbent_hash)  # no later descent begins there
-        start = jumps[max(fresh)[1]]
-        kicked.core = self._new_core(state, space, start, [])
-        state.counts.kicks += 1
-        state.kicks_since_best += 1
-        state.stop_reason = None
-        self._logger.info(
-            "droplet: kick %d: the descent ended at %s (best optimum %s); descending from the "
-            "best predicted of %d jumps of %d decisions away from the best optimum",
-            state.counts.kicks,
-            fmt_secs(mean),
-            fmt_secs(best_mean),
-            len(jumps),
-            min(options.kick_size, len(base)),
-        )
-        return True
-
     def _new_core(self, state: RunState, space, start: Vector, samples) -> DescentCore:
-        """A descent from ``start`` over ``space`` (the cost model orders or screens its
-        neighbors when ``rank_neighbors`` or ``screen`` asks for it)."""
-        ranked = self._options.rank_neighbors or self._options.screen > 0
+        """A descent from ``start`` over ``space`` (the cost model orders its step-1 neighbors
+        when ``rank_neighbors`` asks for it)."""
+        ranked = self._options.rank_neighbors
         return DescentCore(
             start,
             samples,
@@ -244,24 +167,6 @@ class DescentDriver:
             coordinates_at=space.coordinates_at,
             rank=(lambda vectors: self._rank(state, vectors)) if ranked else None,
         )
-
-    def _jumps(self, state: RunState, base: Vector, space) -> list[Vector]:
-        """Up to ``max(64, screen)`` distinct vectors ``kick_size`` random wide changes away
-        from ``base``, in the order drawn."""
-        coords = space.coordinates_at(base)
-        movable = [i for i, coord in enumerate(coords) if coord.wide_neighbors(base[i])]
-        size = min(self._options.kick_size, len(movable))
-        wanted = max(64, self._options.screen)
-        jumps: dict[Vector, None] = {}
-        for _ in range(4 * wanted):
-            if len(jumps) >= wanted or size < 1:
-                break
-            jump = list(base)
-            for k in state.rng.choice(len(movable), size, replace=False):
-                choices = coords[movable[k]].wide_neighbors(base[movable[k]])
-                jump[movable[k]] = choices[int(state.rng.integers(len(choices)))]
-            jumps[tuple(jump)] = None
-        return list(jumps)
 
     def next_batch(self, state: RunState, cap: int) -> list[MeasureCandidate] | None:
         """Up to ``cap`` candidates of the descent; None when it has ended."""

@@ -18,10 +18,8 @@
 
 Pure functions over ints and tuples: no TVM, no I/O, no randomness. A *step* of size ``k``
 moves an index ``k`` places, or moves a divisor made of ``k`` prime factors (counted with
-multiplicity) from one tile level to another. The *wide* neighbors of a decision are every
-value one mutation of MetaSchedule reaches: any divisor moved between two tile levels (what its
-tile mutator does), any other index. Every function returns its neighbors in a fixed, sorted
-order so that callers decide the visiting order with their own seeded generator.
+multiplicity) from one tile level to another. Every function returns its neighbors in a fixed,
+sorted order so that callers decide the visiting order with their own seeded generator.
 """
 
 from __future__ import annotations
@@ -123,32 +121,12 @@ def tile_neighbors(
     return sorted(result)
 
 
-def wide_tile_neighbors(
-    tile: Sequence[int],
-    max_innermost_factor: int = -1,
-    is_legal: Callable[[Tile], bool] | None = None,
-) -> list[Tile]:
-    """Tilings reached by moving any divisor (above 1) of one level's factor to another level.
-
-    The union of :func:`tile_neighbors` over every step: what MetaSchedule's tile mutator
-    reaches in one mutation. Same parameters, without ``step``; sorted, without ``tile``.
-    """
-    current = tuple(int(x) for x in tile)
-    if any(x < 1 for x in current):
-        return []
-    most = max((len(prime_factors(x)) for x in current), default=0)
-    result: set[Tile] = set()
-    for step in range(1, most + 1):
-        result.update(tile_neighbors(current, step, max_innermost_factor, is_legal))
-    return sorted(result)
-
-
 def partitioned_tile_neighbors(
-    tile: Sequence[int], step: int | None, partition_pos: int, innerpart_factor: int
+    tile: Sequence[int], step: int, partition_pos: int, innerpart_factor: int
 ) -> list[Tile]:
     """Neighbors of a ``SamplePartitionedTile`` decision.
 
-    As :func:`tile_neighbors` (``step=None``: as :func:`wide_tile_neighbors`), keeping the rule
+    As :func:`tile_neighbors`, keeping the rule
     of the sampler: the product of the factors at positions ``[partition_pos, n)`` is a
     multiple of ``innerpart_factor``.
     """
@@ -156,25 +134,20 @@ def partitioned_tile_neighbors(
     def keeps_partition(candidate: Tile) -> bool:
         return math.prod(candidate[partition_pos:]) % innerpart_factor == 0
 
-    if step is None:
-        return wide_tile_neighbors(tile, is_legal=keeps_partition)
     return tile_neighbors(tile, step, is_legal=keeps_partition)
 
 
-def index_neighbors(value: int, choices: Sequence[int], step: int | None) -> list[int]:
-    """The choices ``step`` places before and after ``value`` in the ordered ``choices``
-    (``step=None``: every other choice, in order).
+def index_neighbors(value: int, choices: Sequence[int], step: int) -> list[int]:
+    """The choices ``step`` places before and after ``value`` in the ordered ``choices``.
 
     Used for categorical indices (``choices = range(n)``) and compute locations (the legal
     locations of the block, in loop order, ``-2`` inline and ``-1`` root first).
     """
-    if step is not None and step < 1:
+    if step < 1:
         raise ValueError(f"index_neighbors: step must be >= 1, got {step}")
     ordered = list(choices)
     if value not in ordered:
         return []
-    if step is None:
-        return [choice for choice in ordered if choice != value]
     pos = ordered.index(value)
     return [ordered[i] for i in (pos - step, pos + step) if 0 <= i < len(ordered)]
 

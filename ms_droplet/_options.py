@@ -237,8 +237,7 @@ class DropletOptions:
         details="A tile move can remove the loop a block was computed at. MetaSchedule's replay "
         "then moves the block to the next outer legal loop (or the root), as it does for the "
         "mutants of evolutionary search; droplet used to drop such neighbors as repaired (2-4 % "
-        "of the step-1 tile neighbors of C2D:0, CBR:0 and DEP:0 schedules, and up to hundreds "
-        "of the vectors of a ``screen`` pool, whose random pairs move two decisions at once). "
+        "of the step-1 tile neighbors of C2D:0, CBR:0 and DEP:0 schedules). "
         "Any other repaired decision still drops the neighbor.",
     )
     parallel_extent: bool = _option(
@@ -269,58 +268,6 @@ class DropletOptions:
         "on measurements alone. Off by default: in two A/Bs of 21 runs on CPU it made no "
         "measurable difference (0.955x) and costs a replay of every step-1 neighbor per move "
         "(``docs/benchmarks/ab-rank.md``).",
-    )
-    screen: int = _option(
-        DescentConfig.screen,
-        IntRule(0),
-        "int",
-        "Neighbors of each incumbent screened by the tuner's cost model (``0``: off; the "
-        "neighborhood is then every neighbor up to ``max_step``).",
-        example=128,
-        details="When on, the neighbors are every value one MetaSchedule mutation reaches on "
-        "one decision (any divisor moved between two tile levels, any other index or compute "
-        "location) and random pairs of such changes on two decisions, up to ``screen`` of them. "
-        "The cost model scores them, and ``screen_measure`` per incumbent are measured: the "
-        "best predicted, with a random share ``screen_random``; after each batch the model, "
-        "updated on it, scores the rest again. Moves are still accepted on measurements alone. "
-        "Costs a replay of each screened neighbor once per incumbent. Off by default until an "
-        "A/B measures it.",
-    )
-    screen_measure: int = _option(
-        DescentConfig.screen_measure,
-        IntRule(1),
-        "int",
-        "With ``screen``: neighbors of one incumbent measured before it counts as a local optimum.",
-        example=8,
-    )
-    screen_random: float = _option(
-        DescentConfig.screen_random,
-        NumberRule(0.0, 1.0, low_open=False, high_open=False),
-        "float",
-        "With ``screen``: the share of ``screen_measure`` drawn at random from the screened "
-        "pool instead of by prediction (the model's blind spots).",
-        example=0.5,
-    )
-    kicks: int = _option(
-        0,
-        IntRule(0),
-        "int",
-        "At a local optimum, kicks (jumps away from the best optimum so far, then a new "
-        "descent) in a row that may fail to find a better optimum before an evolutionary "
-        "restart (``0``: restart at once).",
-        example=2,
-        details="A kick changes ``kick_size`` decisions of the best optimum so far, each to a "
-        "random value one MetaSchedule mutation reaches; of ``max(64, screen)`` such jumps the "
-        "one the cost model predicts fastest (never a schedule measured before) starts the "
-        "next descent (iterated local search). A kick whose descent ends at a better optimum "
-        "resets the count. Off by default until an A/B measures it.",
-    )
-    kick_size: int = _option(
-        3,
-        IntRule(2),
-        "int",
-        "With ``kicks``: decisions a kick changes at once.",
-        example=4,
     )
     remeasure_start: bool = _option(
         False,

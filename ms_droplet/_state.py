@@ -170,7 +170,6 @@ class Counters:
     failures: int = 0  # measured candidates whose build or run failed
     moves: int = 0  # accepted moves of the descent
     restarts: int = 0  # explorations after a local optimum
-    kicks: int = 0  # descents begun from a jump away from the best optimum
     snapped: int = 0  # neighbors kept with a compute location snapped to a legal one
 
 
@@ -263,7 +262,6 @@ class DropletReport:
     restarts: int = 0
     rank_secs: float = 0.0
     failure_causes: dict = field(default_factory=dict)  # cause -> failed candidates
-    kicks: int = 0
     snapped: int = 0
 
 
@@ -292,10 +290,6 @@ class RunState:
         self.stop_reason: str | None = None
         self.exploration_budget = 0
         self.explored_before_restart: int | None = None  # exploration count at the last restart
-        # The best local optimum so far (mean seconds, vector, its TraceSpace), for kicks, and
-        # the kicks made since it last improved.
-        self.best_optimum: tuple | None = None
-        self.kicks_since_best = 0
         # Exploration batches in a row, in the first exploration, that did not improve the
         # best measured time by min_gain (for explore_patience).
         self.stale_batches = 0
@@ -343,6 +337,5 @@ class RunState:
             restarts=c.restarts,
             rank_secs=self.rank_secs,
             failure_causes=dict(self.failures.by_cause),
-            kicks=c.kicks,
             snapped=c.snapped,
         )

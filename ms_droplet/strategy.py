@@ -246,7 +246,7 @@ class DropletSearch(PySearchStrategy):
             c = state.counts
             self._logger.info(
                 "droplet: summary: %d trials (exploration %d, descent %d of which %d "
-                "re-measurements), %d accepted moves, %d restarts, %d kicks, %d invalid "
+                "re-measurements), %d accepted moves, %d restarts, %d invalid "
                 "neighbors dropped, %d kept with a compute location snapped, %d duplicates "
                 "skipped, %d failed measurements, best %s, "
                 "%.2f s in descent search (%.2f s ranking neighbors); stop: %s",
@@ -256,7 +256,6 @@ class DropletSearch(PySearchStrategy):
                 c.remeasured,
                 c.moves,
                 c.restarts,
-                c.kicks,
                 c.invalid,
                 c.snapped,
                 c.duplicates,
@@ -304,8 +303,8 @@ class DropletSearch(PySearchStrategy):
                     state.search_secs += time.perf_counter() - tic
                 if candidates or attempt:
                     break
-                # A local optimum: a kick (a new descent near the best optimum), else a restart.
-                if not (self._driver.kick(state) or self._restart(state, remaining)):
+                # A local optimum: a restart.
+                if not self._restart(state, remaining):
                     break
             if not candidates:
                 state.stop()
@@ -455,17 +454,12 @@ class DropletSearch(PySearchStrategy):
         Returns False (and the task ends) when restarts are used up or impossible.
         """
         core = state.descent.core
-        if core is None or not (core.incumbent_samples or state.best_optimum):
-            return False  # no descent ran (nothing to descend on), or its first start failed
+        if core is None or not core.incumbent_samples:
+            return False  # no descent ran (nothing to descend on), or its start failed
         if self.max_restarts is not None and state.counts.restarts >= self.max_restarts:
             return False
         reason = state.stop_reason
-        # A kick's start that failed leaves no incumbent: the best optimum stands for it.
-        best = (
-            float(np.mean(core.incumbent_samples))
-            if core.incumbent_samples
-            else state.best_optimum[0]
-        )
+        best = float(np.mean(core.incumbent_samples))
         trials = min(remaining, state.num_trials_per_iter)
         state.restart(trials)
         self._logger.info(

@@ -50,7 +50,7 @@ Needs a CUDA GPU (see ``shared/device/README.md`` for the lent machines)::
     python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs --tune-only
     python scripts/bench_gpu.py --kernels matmul --seeds 1,2 --no-4x --work-root runs
     python scripts/bench_gpu.py --kernels matmul --seeds 1,2,3 --shared-exploration 32 \\
-        --warm-model --variants '{"droplet": {}, "guided": {"screen": 128, "kicks": 2}}'
+        --warm-model --variants '{"droplet": {}, "step1": {"max_step": 1}}'
 """
 
 from __future__ import annotations
@@ -110,8 +110,8 @@ def parse_args(argv=None):
         "--variants",
         default=None,
         help='JSON: run name -> DropletSearch options, with optional "strategy" and '
-        '"trials" (as in ab_droplet.py), e.g. \'{"droplet": {}, "guided": {"screen": 128, '
-        '"kicks": 2}}\': these runs instead of droplet@T, evolutionary@T and evolutionary@4T; '
+        '"trials" (as in ab_droplet.py), e.g. \'{"droplet": {}, "step1": {"max_step": 1}}\': '
+        "these runs instead of droplet@T, evolutionary@T and evolutionary@4T; "
         "the first is compared with the others",
     )
     parser.add_argument(
@@ -145,7 +145,7 @@ def parse_args(argv=None):
         "rounds": 3,
         "shared_exploration": 4,
         "warm_model": True,
-        "variants": '{"droplet": {}, "screened": {"screen": 16}, "evolutionary": '
+        "variants": '{"droplet": {}, "step1": {"max_step": 1}, "evolutionary": '
         '{"strategy": "evolutionary"}}',
     }
     args = parse_with_smoke(

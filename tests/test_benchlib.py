@@ -565,14 +565,14 @@ def test_gpu_pairs_pair_runs_of_one_call_and_a_later_call_replaces_an_earlier():
 
 def test_parse_variants_gives_strategy_budget_and_options_in_order():
     got = runs.parse_variants(
-        '{"droplet": {}, "guided": {"screen": 128, "kicks": 2}, '
+        '{"droplet": {}, "short": {"max_step": 1, "descent_batch": 4}, '
         '"evolutionary@4T": {"strategy": "evolutionary", "trials": 256}}',
         64,
         shared=32,
     )
-    assert list(got) == ["droplet", "guided", "evolutionary@4T"]
+    assert list(got) == ["droplet", "short", "evolutionary@4T"]
     assert got["droplet"] == runs.Variant("droplet", 64, {})
-    assert got["guided"] == runs.Variant("droplet", 64, {"screen": 128, "kicks": 2})
+    assert got["short"] == runs.Variant("droplet", 64, {"max_step": 1, "descent_batch": 4})
     assert got["evolutionary@4T"] == runs.Variant("evolutionary", 256, {})
 
 
@@ -585,7 +585,7 @@ def test_parse_variants_gives_strategy_budget_and_options_in_order():
         ('{"a": 3}', 0, False, "variant 'a' must map to an object"),
         ('{"a": {"trials": 16}}', 16, False, 'optional "trials" is an integer above'),
         ('{"a": {"trials": true}}', 0, False, 'optional "trials" is an integer above'),
-        ('{"a": {"strategy": "evolutionary", "screen": 8}}', 0, False, "droplet variants only"),
+        ('{"a": {"strategy": "evolutionary", "max_step": 1}}', 0, False, "droplet variants only"),
         ('{"a/b": {}}', 0, True, "becomes a folder name"),
     ],
 )
@@ -609,10 +609,10 @@ def test_bench_gpu_plans_the_default_runs_or_the_variants():
     }
     assert list(bench_gpu.parse_args(["--no-4x"]).plan) == ["droplet@T", "evolutionary@T"]
     args = bench_gpu.parse_args(
-        ["--variants", '{"b": {"screen": 128}, "a": {}}', "--shared-exploration", "32"]
+        ["--variants", '{"b": {"max_step": 1}, "a": {}}', "--shared-exploration", "32"]
     )
     assert args.plan == {
-        "b": runs.Variant("droplet", 64, {"screen": 128}),
+        "b": runs.Variant("droplet", 64, {"max_step": 1}),
         "a": runs.Variant("droplet", 64, {}),
     }
     assert bench_gpu.run_settings(args)["first"] == "b"

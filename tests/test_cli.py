@@ -162,7 +162,7 @@ def test_cli_real_run_writes_json_and_plot(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)  # --json -: stdout holds the JSON alone
     assert "best latency" in out.stderr and " us" in out.stderr  # the table moved to stderr
-    assert result["schema_version"] == 1 and result["command"] == "tune"
+    assert result["schema_version"] == 2 and result["command"] == "tune"
     assert result["workload"] == "GMM:0" and result["strategy"] == "droplet"
     assert "llvm" in result["target"]
     assert result["best_secs"] > 0 and result["gflops"] > 0
@@ -194,7 +194,7 @@ def test_cli_tune_model_writes_json(tmp_path, capsys):
         meta_logger.setLevel(level)  # main() quiets MetaSchedule's logger; leave it as it was
     assert "output vs untuned | match" in capsys.readouterr().out  # the table is still printed
     result = json.loads(path.read_text())
-    assert result["schema_version"] == 1 and result["command"] == "tune-model"
+    assert result["schema_version"] == 2 and result["command"] == "tune-model"
     assert result["model"] == "mlp" and result["batch_size"] == 1
     assert result["trials"] == 2 and result["max_trials"] == 2
     assert result["output_match"] is True and result["latency_rounds"] == 3

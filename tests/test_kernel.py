@@ -7,7 +7,6 @@ import math
 import pytest
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 
-from ms_droplet import DropletSearch
 from ms_droplet.kernel import KernelTuneResult, TrialMonitor, tune_kernel
 
 
@@ -124,23 +123,3 @@ def test_small_run_curve_and_phases(tmp_path, host_target):
     # One run into a fresh work_dir: the database's best is the curve's best.
     assert result.best_secs == pytest.approx(curve[-1].best_secs)
     assert result.gflops > 0 and result.flop > 0
-
-
-@pytest.mark.tuning
-def test_screened_descent_real_run(tmp_path, host_target):
-    result = tune_kernel(
-        create_te_workload("GMM", 0),
-        host_target,
-        str(tmp_path / "w"),
-        max_trials=16,
-        strategy=DropletSearch(exploration_trials=8, screen=64, screen_measure=8),
-        num_trials_per_iter=8,
-        seed=1,
-    )
-    # A screened descent may end at a local optimum and restart (a small space): the phases
-    # then share the budget differently; the first 8 trials are the exploration's.
-    phases = result.trials_per_phase
-    assert result.trials == 16 and phases["exploration"] >= 8 and phases["descent"] >= 1
-    (report,) = result.reports
-    assert report.rank_secs > 0  # the tuning's cost model scored the pool
-    assert result.best_secs > 0

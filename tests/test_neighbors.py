@@ -13,7 +13,6 @@ from ms_droplet._neighbors import (
     partitioned_tile_neighbors,
     prime_factors,
     tile_neighbors,
-    wide_tile_neighbors,
 )
 
 
@@ -95,42 +94,6 @@ def test_index_neighbors():
     assert index_neighbors(3, (-2, -1, 3, 6, 7, 9), 1) == [-1, 6]
     assert index_neighbors(-2, (-2,), 1) == []
     assert index_neighbors(5, (1, 2), 1) == []
-    # step=None: every other choice (the wide neighbors), in order.
-    assert index_neighbors(3, (-2, -1, 3, 6), None) == [-2, -1, 6]
-    assert index_neighbors(5, (1, 2), None) == []
-
-
-def test_wide_tile_neighbors_move_any_divisor_exact():
-    # 4 = 2*2 and 3 move between three levels: d in {2, 4} from level 0, d = 3 from level 2.
-    assert wide_tile_neighbors((4, 1, 3)) == [
-        (1, 1, 12),
-        (1, 4, 3),
-        (2, 1, 6),
-        (2, 2, 3),
-        (4, 3, 1),
-        (12, 1, 1),
-    ]
-    # The union of the steps: 12 moved whole is a step of 3 prime factors.
-    steps = set()
-    for step in (1, 2, 3):
-        steps.update(tile_neighbors((12, 1), step))
-    assert (
-        wide_tile_neighbors((12, 1)) == sorted(steps) == [(1, 12), (2, 6), (3, 4), (4, 3), (6, 2)]
-    )
-
-
-def test_wide_tile_neighbors_innermost_limit_and_trivial():
-    assert wide_tile_neighbors((8, 1), max_innermost_factor=4) == [(2, 4), (4, 2)]
-    assert wide_tile_neighbors((1, 1)) == []
-    assert wide_tile_neighbors((-1, 4)) == []
-
-
-def test_wide_partitioned_tile_neighbors_keep_inner_multiple():
-    # Inner part from position 1 must stay a multiple of 4: moving 4 out of level 1 to level 0
-    # leaves (8, 1, 2), whose inner part is 2: not a neighbor.
-    got = partitioned_tile_neighbors((2, 4, 2), None, 1, 4)
-    assert got == [(1, 4, 4), (1, 8, 2), (2, 1, 8), (2, 2, 4), (2, 8, 1), (4, 2, 2), (4, 4, 1)]
-    assert all(math.prod(t[1:]) % 4 == 0 and math.prod(t) == 16 for t in got)
 
 
 # Parallel plans: prefix products of each block's outer spatial loops, outermost first.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from ..kernel import phase_totals
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 @dataclass

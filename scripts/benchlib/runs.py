@@ -247,7 +247,7 @@ def parse_variants(text: str, trials: int, shared: int = 0, path_safe: bool = Fa
     except json.JSONDecodeError as err:
         raise ValueError(
             f"--variants must be a JSON object name -> options, got {text!r} ({err}); e.g. "
-            '\'{"droplet": {}, "guided": {"screen": 128}}\''
+            '\'{"droplet": {}, "step1": {"max_step": 1}}\''
         ) from None
     if not isinstance(variants, dict) or not variants:
         raise ValueError(
