@@ -47,12 +47,7 @@ PARTITIONED_TILE = "SamplePartitionedTile"
 CATEGORICAL = "SampleCategorical"
 COMPUTE_LOCATION = "SampleComputeLocation"
 #: The instructions whose sampling decision is a coordinate.
-DECISION_KINDS = (PERFECT_TILE, PARTITIONED_TILE, CATEGORICAL, COMPUTE_LOCATION)
-#: The value of an ``Annotate`` instruction with key ``meta_schedule.parallel`` (the largest
-#: extent of the fused parallel loop): not a sampling decision, but MetaSchedule's parallel
-#: mutator changes it, so it is a coordinate too when ``parallel_extent`` is on.
-PARALLEL = "AnnotateParallel"
-KINDS = (*DECISION_KINDS, PARALLEL)
+KINDS = (PERFECT_TILE, PARTITIONED_TILE, CATEGORICAL, COMPUTE_LOCATION)
 
 
 @dataclass(frozen=True)
@@ -63,8 +58,7 @@ class Coordinate:
     ----------
     kind : str
         The instruction kind: one of ``SamplePerfectTile``, ``SamplePartitionedTile``,
-        ``SampleCategorical``, ``SampleComputeLocation``, or ``AnnotateParallel`` (the value
-        of a ``meta_schedule.parallel`` annotation).
+        ``SampleCategorical``, ``SampleComputeLocation``.
     name : str
         A readable label for logs, e.g. ``"SamplePerfectTile#2"``.
     max_innermost_factor : int
@@ -74,8 +68,7 @@ class Coordinate:
     innerpart_factor : int
         Partitioned tiles only: the inner part's product is a multiple of it.
     choices : Tuple[int, ...]
-        Categoricals: the legal indices; compute locations: the legal locations, in loop order;
-        parallel annotations: one value per parallel plan, ascending.
+        Categoricals: the legal indices; compute locations: the legal locations, in loop order.
     """
 
     kind: str

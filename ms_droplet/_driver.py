@@ -62,8 +62,6 @@ class DescentDriver:
         self._options = options
         self._config: DescentConfig = options.descent_config()
         self._logger = logger
-        # Fixed for the task: the context's mutators and target do not change.
-        self._parallel_limit = self._max_parallel_extent()
 
     def start(self, state: RunState) -> None:
         """Begin a descent from the best measured schedule no descent began or ended on."""
@@ -97,7 +95,6 @@ class DescentDriver:
             state.postprocs,
             state.replay_seed,
             snap_locations=self._options.snap_locations,
-            max_parallel_extent=self._parallel_limit,
         )
         run.space = space
         if not space.insts:
@@ -126,33 +123,6 @@ class DescentDriver:
             fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
             len(start),
         )
-
-    def _max_parallel_extent(self) -> int | None:
-        """The largest value MetaSchedule's parallel mutator gives a ``meta_schedule.parallel``
-        annotation (the target's ``num-cores`` times its ``max_jobs_per_core``), when the
-        option ``parallel_extent`` is on and the context mutates parallel extents at all;
-        otherwise None, and with the option on the log says why. Called once, by
-        ``__init__``."""
-        if not self._options.parallel_extent:
-            return None
-        context = self._context
-        generator = getattr(context, "space_generator", None)
-        mutators = getattr(generator, "mutator_probs", None) or {}
-        jobs = [int(m.max_jobs_per_core) for m in mutators if type(m).__name__ == "MutateParallel"]
-        cores = context.target.attrs.get("num-cores") if context.target is not None else None
-        if not jobs or cores is None or jobs[0] < 1 or int(cores) < 1:
-            if not jobs:
-                why = (
-                    "the tuning context has no MutateParallel mutator (GPU targets, or "
-                    "custom mutators without it)"
-                )
-            elif cores is None or int(cores) < 1:
-                why = "the target names no num-cores"
-            else:
-                why = f"MutateParallel's max_jobs_per_core is {jobs[0]}"
-            self._logger.info("droplet: parallel_extent is on but has no effect here: %s", why)
-            return None
-        return int(cores) * jobs[0]
 
     def _new_core(self, state: RunState, space, start: Vector, samples) -> DescentCore:
         """A descent from ``start`` over ``space`` (the cost model orders its step-1 neighbors

@@ -240,23 +240,6 @@ class DropletOptions:
         "of the step-1 tile neighbors of C2D:0, CBR:0 and DEP:0 schedules). "
         "Any other repaired decision still drops the neighbor.",
     )
-    parallel_extent: bool = _option(
-        False,
-        BoolRule(),
-        "bool",
-        "Make the value of each ``meta_schedule.parallel`` annotation (how far outer loops are "
-        "fused into the parallel loop) a coordinate, over the values MetaSchedule's parallel "
-        "mutator gives it.",
-        example=True,
-        details="Only where the context's mutators include ``MutateParallel`` (CPU targets; "
-        "elsewhere the task's log says once that it has no effect, and why): "
-        "the values are one per parallel plan of the current schedule, at most the target's "
-        "``num-cores`` times the mutator's ``max_jobs_per_core``, recomputed at every "
-        "incumbent. Values that give the same module are measured once. The vectorize extent "
-        "is no coordinate (no MetaSchedule mutator changes it); the unroll depth already is one "
-        "(a ``SampleCategorical``). Off by default: in a 28-pair A/B at 128 trials no accepted "
-        "move changed a plan (docs/benchmarks/ab-parallel.md).",
-    )
     rank_neighbors: bool = _option(
         False,
         BoolRule(),

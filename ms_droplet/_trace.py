@@ -27,24 +27,16 @@ from dataclasses import dataclass
 import tvm_ffi
 from tvm.ir import IRModule
 from tvm.s_tir import Schedule, Trace
-from tvm.s_tir.schedule import Instruction
-from tvm.tirx import IntImm
-from tvm.tirx.analysis import undefined_vars
 
 from ._descent import (
     CATEGORICAL,
     COMPUTE_LOCATION,
-    DECISION_KINDS,
-    PARALLEL,
+    KINDS,
     PARTITIONED_TILE,
     PERFECT_TILE,
     Coordinate,
     Vector,
 )
-from ._neighbors import parallel_choices
-
-#: The annotation key of MetaSchedule's parallel extent (``s_tir::attr::meta_schedule_parallel``).
-PARALLEL_KEY = "meta_schedule.parallel"
 
 
 def _to_value(decision) -> int | tuple[int, ...]:
@@ -56,36 +48,20 @@ def _to_value(decision) -> int | tuple[int, ...]:
         return int(decision)
 
 
-def _is_parallel_annotation(inst) -> bool:
-    return (
-        inst.kind.name == "Annotate"
-        and len(inst.attrs) == 1
-        and str(inst.attrs[0]) == PARALLEL_KEY
-        and isinstance(inst.inputs[1], (int, IntImm))  # IntImm when traced, int from JSON
-    )
-
-
-def decision_instructions(trace: Trace, parallel: bool = False) -> list:
-    """The instructions of ``trace`` (before postprocessing) that carry a sampling decision,
-    and with ``parallel`` the ``meta_schedule.parallel`` annotations, in instruction order."""
+def decision_instructions(trace: Trace) -> list:
+    """The instructions of ``trace`` (before postprocessing) that carry a sampling decision."""
     out = []
     for inst in trace.insts:
         if inst.kind.name == "EnterPostproc":
             break
-        if inst.kind.name in DECISION_KINDS and trace.get_decision(inst) is not None:
-            out.append(inst)
-        elif parallel and _is_parallel_annotation(inst):
+        if inst.kind.name in KINDS and trace.get_decision(inst) is not None:
             out.append(inst)
     return out
 
 
-def trace_vector(trace: Trace, parallel: bool = False) -> Vector:
-    """The decisions of ``trace`` (with ``parallel`` also the parallel annotations' values), in
-    instruction order."""
-    return tuple(
-        int(inst.inputs[1]) if inst.kind.name == "Annotate" else _to_value(trace.get_decision(inst))
-        for inst in decision_instructions(trace, parallel)
-    )
+def trace_vector(trace: Trace) -> Vector:
+    """The decisions of ``trace``, in instruction order."""
+    return tuple(_to_value(trace.get_decision(inst)) for inst in decision_instructions(trace))
 
 
 @dataclass
@@ -138,10 +114,6 @@ class TraceSpace:
         made illegal (a tile move can remove the loop a block was computed at): keep it at the
         location replay snaps it to (``True``), or reject it (``False``). Any other decision
         that replay changes always makes the candidate invalid.
-    max_parallel_extent : Optional[int]
-        When set, the value of each ``meta_schedule.parallel`` annotation is a coordinate too,
-        over the values MetaSchedule's parallel mutator gives it with this largest extent (the
-        target's cores times the mutator's ``max_jobs_per_core``); ``None``: not a coordinate.
     """
 
     def __init__(
@@ -151,15 +123,12 @@ class TraceSpace:
         postprocs: Sequence,
         seed: int,
         snap_locations: bool = True,
-        max_parallel_extent: int | None = None,
     ) -> None:
         self.mod = mod
         self.postprocs = list(postprocs)
         self.seed = max(1, int(seed) % (2**31 - 1))
         self.snap_locations = bool(snap_locations)
-        self.max_parallel_extent = max_parallel_extent
-        self.parallel = max_parallel_extent is not None
-        self.insts = decision_instructions(trace, self.parallel)
+        self.insts = decision_instructions(trace)
         prefix = []
         for inst in trace.insts:
             if inst.kind.name == "EnterPostproc":
@@ -171,16 +140,7 @@ class TraceSpace:
             for inst in prefix
             if trace.get_decision(inst) is not None
         }
-        # The scope block (name, function) of each parallel annotation.
-        getters = {
-            inst.outputs[0]: (str(inst.attrs[0]), str(inst.attrs[1]))
-            for inst in prefix
-            if inst.kind.name == "GetSBlock"
-        }
-        self._scope_of = {
-            inst: getters.get(inst.inputs[0]) for inst in self.insts if inst.kind.name == "Annotate"
-        }
-        self.start: Vector = trace_vector(trace, self.parallel)
+        self.start: Vector = trace_vector(trace)
 
     def trace_of(self, vector: Vector) -> Trace:
         """A trace with the decisions of ``vector`` (no postprocessing instructions)."""
@@ -190,21 +150,9 @@ class TraceSpace:
                 f"{len(self.insts)} decisions"
             )
         decisions = dict(self._decisions)
-        annotations = {}
         for inst, value in zip(self.insts, vector):
-            if inst.kind.name == "Annotate":
-                old = inst.inputs[1]
-                new = IntImm(old.ty.dtype, int(value)) if isinstance(old, IntImm) else int(value)
-                annotations[inst] = Instruction(
-                    inst.kind,
-                    [inst.inputs[0], new],
-                    list(inst.attrs),
-                    list(inst.outputs),
-                )
-            else:
-                decisions[inst] = list(value) if isinstance(value, tuple) else value
-        insts = [annotations.get(inst, inst) for inst in self._prefix]
-        return Trace(insts, decisions)
+            decisions[inst] = list(value) if isinstance(value, tuple) else value
+        return Trace(self._prefix, decisions)
 
     def replay(self, vector: Vector) -> Replayed:
         """Replay ``vector`` with postprocessing.
@@ -218,7 +166,7 @@ class TraceSpace:
         result = replay(self.mod, self.trace_of(vector), self.postprocs, self.seed)
         if result.sch is None:
             return result
-        got = trace_vector(result.sch.trace, self.parallel)
+        got = trace_vector(result.sch.trace)
         if got == tuple(vector):
             return result
         moved = [i for i, (a, b) in enumerate(zip(vector, got)) if a != b]
@@ -251,9 +199,6 @@ class TraceSpace:
                 )
             elif kind == CATEGORICAL:
                 coords.append(Coordinate(kind, name, choices=tuple(range(len(attrs[0])))))
-            elif kind == "Annotate":
-                name = f"{PARALLEL}#{i}"
-                coords.append(Coordinate(PARALLEL, name, choices=self._parallel_values(vector, i)))
             else:
                 coords.append(
                     Coordinate(COMPUTE_LOCATION, name, choices=self._legal_locations(vector, i))
@@ -270,24 +215,11 @@ class TraceSpace:
             probe = list(vector)
             probe[index] = location
             sch = self._schedule_without_postproc(tuple(probe))
-            if sch is not None and trace_vector(sch.trace, self.parallel)[index] == location:
+            if sch is not None and trace_vector(sch.trace)[index] == location:
                 legal.append(location)
         if vector[index] not in legal:
             legal.append(vector[index])
         return tuple(sorted(legal))
-
-    def _parallel_values(self, vector: Vector, index: int) -> tuple[int, ...]:
-        current = int(vector[index])
-        scope = self._scope_of.get(self.insts[index])
-        sch = self._schedule_without_postproc(vector)
-        if scope is None or sch is None or self.max_parallel_extent is None:
-            return (current,)
-        try:
-            block = sch.get(sch.get_sblock(scope[0], func_name=scope[1]))
-        except Exception:  # noqa: BLE001 - a scope that is gone leaves the value where it is
-            return (current,)
-        prods = parallel_prefix_products(block, self.max_parallel_extent)
-        return parallel_choices(prods, self.max_parallel_extent, current)
 
     def _schedule_without_postproc(self, vector: Vector) -> Schedule | None:
         try:
@@ -308,58 +240,3 @@ def _max_loop_depth(sch: Schedule) -> int:
         except Exception:  # noqa: BLE001 - functions without a root block add nothing
             continue
     return depth
-
-
-def _realizes_with_loops(stmt, loops: tuple, out: list) -> None:
-    """The block realizes directly under a scope (not inside another block), each with its
-    enclosing loops, outermost first, in program order."""
-    name = type(stmt).__name__
-    if name == "SBlockRealize":
-        out.append((stmt, loops))
-    elif name == "For":
-        _realizes_with_loops(stmt.body, (*loops, stmt), out)
-    elif name == "SeqStmt":
-        for child in stmt.seq:
-            _realizes_with_loops(child, loops, out)
-    elif name == "IfThenElse":
-        _realizes_with_loops(stmt.then_case, loops, out)
-        if stmt.else_case is not None:
-            _realizes_with_loops(stmt.else_case, loops, out)
-    elif hasattr(stmt, "body"):
-        _realizes_with_loops(stmt.body, loops, out)
-
-
-def parallel_prefix_products(scope_block, max_extent: int) -> list[tuple[int, ...]]:
-    """For each block realized directly under ``scope_block``, the prefix products of its outer
-    loop extents (outermost first) that the parallel postprocessor may fuse: the loops outside
-    every loop that has a non-constant extent or is bound to a reduction (or other non-spatial)
-    block iterator of any block in the scope, cut after the first product reaching
-    ``max_extent``. Blocks without such loops are left out. The analysis of MetaSchedule's
-    parallel mutator (``AnalyzeParallel``), read in Python.
-    """
-    realizes: list = []
-    _realizes_with_loops(scope_block.body, (), realizes)
-    non_spatial = []
-    for realize, _ in realizes:
-        for iter_var, value in zip(realize.block.iter_vars, realize.iter_values):
-            if int(iter_var.iter_type) != 0:  # not data parallel
-                non_spatial.extend(undefined_vars(value))
-    result = []
-    for _, loops in realizes:
-        extents: list[int] = []
-        for loop in loops:  # outermost first, up to the first loop that may not be fused
-            if not isinstance(loop.extent, IntImm) or any(
-                var.same_as(loop.loop_var) for var in non_spatial
-            ):
-                break
-            extents.append(int(loop.extent))
-        if not extents:
-            continue
-        prods, product = [], 1
-        for extent in extents:
-            product *= extent
-            prods.append(product)
-            if product >= max_extent:
-                break
-        result.append(tuple(prods))
-    return result

@@ -6,10 +6,7 @@ import pytest
 
 from ms_droplet._neighbors import (
     divisors_with_omega,
-    fused_loop_counts,
     index_neighbors,
-    parallel_choices,
-    parallel_plans,
     partitioned_tile_neighbors,
     prime_factors,
     tile_neighbors,
@@ -94,43 +91,3 @@ def test_index_neighbors():
     assert index_neighbors(3, (-2, -1, 3, 6, 7, 9), 1) == [-1, 6]
     assert index_neighbors(-2, (-2,), 1) == []
     assert index_neighbors(5, (1, 2), 1) == []
-
-
-# Parallel plans: prefix products of each block's outer spatial loops, outermost first.
-# One block with loops 8, 8, 8; two blocks with loops (4, 8) and (2, 4, 8).
-ONE_BLOCK = ((8, 64, 512),)
-TWO_BLOCKS = ((4, 32), (2, 8, 64))
-
-
-@pytest.mark.parametrize(
-    "limit, expected",
-    [(4, (1,)), (8, (1,)), (16, (2,)), (64, (2,)), (100, (3,)), (512, (3,)), (1000, (3,))],
-)
-def test_fused_loop_counts_one_block(limit, expected):
-    assert fused_loop_counts(ONE_BLOCK, limit) == expected
-
-
-def test_fused_loop_counts_every_block():
-    assert fused_loop_counts(TWO_BLOCKS, 2) == (1, 1)
-    assert fused_loop_counts(TWO_BLOCKS, 4) == (1, 2)
-    assert fused_loop_counts(TWO_BLOCKS, 8) == (2, 2)
-    assert fused_loop_counts(TWO_BLOCKS, 32) == (2, 3)
-    assert fused_loop_counts(TWO_BLOCKS, 64) == (2, 3)
-
-
-def test_parallel_plans_last_value_of_a_plan_wins_and_max_extent_cuts():
-    assert parallel_plans(ONE_BLOCK, 512) == {(1,): 8, (2,): 64, (3,): 512}
-    assert parallel_plans(ONE_BLOCK, 32) == {(1,): 8}
-    # 32 and 64 are one plan; 64 comes later (second block), so it is the value written.
-    assert parallel_plans(TWO_BLOCKS, 64) == {(1, 2): 4, (2, 3): 64, (1, 1): 2, (2, 2): 8}
-    assert parallel_plans(TWO_BLOCKS, 16) == {(1, 2): 4, (1, 1): 2, (2, 2): 8}
-
-
-def test_parallel_choices_keep_current_and_one_value_per_other_plan():
-    # 16 is plan (2,), the plan of 64: 64 is not offered, 16 stays.
-    assert parallel_choices(ONE_BLOCK, 512, 16) == (8, 16, 512)
-    assert parallel_choices(ONE_BLOCK, 512, 64) == (8, 64, 512)
-    assert parallel_choices(ONE_BLOCK, 32, 8) == (8,)
-    assert parallel_choices(TWO_BLOCKS, 64, 32) == (2, 4, 8, 32)
-    assert parallel_choices(TWO_BLOCKS, 16, 8) == (2, 4, 8)
-    assert parallel_choices((), 64, 16) == (16,)

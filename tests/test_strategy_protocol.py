@@ -193,8 +193,6 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
 
 
 def test_explore_patience_hands_over_when_exploration_stops_improving(host_target, droplet_log):
-    import re
-
     def run(**options):
         strategy = DropletSearch(exploration_trials=64, population_size=64, **options)
         batches, _ = drive(strategy, host_target, 96, 8)
@@ -557,48 +555,3 @@ def test_neighbors_whose_compute_location_became_illegal_are_snapped_not_dropped
         sch = tvm.s_tir.Schedule(conv, seed=1, debug_mask=0)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
         assert int(tvm_ffi.structural_hash(sch.mod)) in measured
-
-
-def test_parallel_extent_adds_the_parallel_plan_coordinate(host_target, droplet_log):
-    """With parallel_extent the descent has one more coordinate per parallel annotation, over
-    extents up to num-cores x MutateParallel's max_jobs_per_core; off, the vectors are the
-    sampling decisions alone. Every record committed replays to a module that was measured."""
-
-    def run(on):
-        droplet_log.messages.clear()
-        strategy = DropletSearch(exploration_trials=8, parallel_extent=on)
-        batches, database = drive(strategy, host_target, 24, 8)
-        (line,) = [m for m in droplet_log.messages if "descent starts from" in m]
-        decisions = int(re.search(r"over (\d+) decisions", line).group(1))
-        return strategy, decisions, batches, database
-
-    on, with_parallel, batches, database = run(True)
-    off, without, _, _ = run(False)
-    assert with_parallel == without + 1
-    cores = int(host_target.attrs["num-cores"])
-    assert on._driver._parallel_limit == cores * 16
-    assert off._driver._parallel_limit is None
-    measured = {h for batch in batches for h, _ in batch}
-    for record in database.get_all_tuning_records():
-        sch = tvm.s_tir.Schedule(MOD, seed=1, debug_mask=0)
-        record.trace.apply_to_schedule(sch, remove_postproc=False)
-        assert int(tvm_ffi.structural_hash(sch.mod)) in measured
-
-
-def test_parallel_extent_without_a_parallel_mutator_says_so_once(droplet_log):
-    """On a GPU target MetaSchedule mutates no parallel extent: the option has no effect, and
-    the log says why, once per task."""
-    cuda = tvm.target.Target(
-        {
-            "kind": "cuda",
-            "arch": "sm_80",
-            "max_threads_per_block": 1024,
-            "max_shared_memory_per_block": 49152,
-            "thread_warp_size": 32,
-        }
-    )
-    strategy = DropletSearch(exploration_trials=4, parallel_extent=True, max_restarts=2)
-    drive(strategy, cuda, 16, 4)
-    said = [m for m in droplet_log.messages if "parallel_extent is on but has no effect" in m]
-    assert len(said) == 1
-    assert "no MutateParallel mutator" in said[0]

@@ -9,8 +9,8 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.testing.te_workload import create_te_workload
 
-from ms_droplet._descent import COMPUTE_LOCATION, PARALLEL, PERFECT_TILE
-from ms_droplet._trace import TraceSpace, decision_instructions, trace_vector
+from ms_droplet._descent import COMPUTE_LOCATION, PERFECT_TILE
+from ms_droplet._trace import TraceSpace, trace_vector
 
 
 def _spaces(name, index, target, **space):
@@ -225,54 +225,3 @@ def test_cuda_neighbor_breaking_gpu_limits_is_rejected_by_verify_gpu_code():
             if replayed.sch is None:
                 errors.append(replayed.error)
     assert any("VerifyGPUCode" in e for e in errors), errors[:5]
-
-
-def _parallel_annotation_value(trace):
-    (value,) = [
-        int(inst.inputs[1])
-        for inst in decision_instructions(trace, parallel=True)
-        if inst.kind.name == "Annotate"
-    ]
-    return value
-
-
-@pytest.mark.parametrize("workload", [("GMM", 1), ("CBR", 1)])
-def test_parallel_choices_are_what_metaschedules_parallel_mutator_reaches(workload):
-    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
-    context, spaces = _spaces(*workload, target)
-    mutator = ms.mutator.MutateParallel(max_jobs_per_core=16)
-    mutator._initialize_with_tune_context(context)
-    max_extent = 2 * 16
-    checked = 0
-    for design_space in spaces:
-        trace = design_space.trace
-        space = TraceSpace(
-            context.mod,
-            trace,
-            context.space_generator.postprocs,
-            seed=1,
-            max_parallel_extent=max_extent,
-        )
-        (index,) = [i for i, inst in enumerate(space.insts) if inst.kind.name == "Annotate"]
-        assert len(space.start) == len(trace_vector(trace)) + 1
-        coord = space.coordinates_at(space.start)[index]
-        assert coord.kind == PARALLEL
-        current = space.start[index]
-        reached = {current}
-        for seed in range(1, 200):
-            mutated = ms._ffi_api.MutatorApply(mutator, trace, seed)
-            if mutated is not None:
-                reached.add(_parallel_annotation_value(mutated))
-        assert coord.choices == tuple(sorted(reached))
-        assert len(coord.choices) > 1
-        for value in coord.choices:
-            vector = space.start[:index] + (value,) + space.start[index + 1 :]
-            assert trace_vector(space.trace_of(vector), parallel=True) == vector
-            replayed = space.replay(vector)
-            assert replayed.sch is not None, replayed.error
-            assert trace_vector(replayed.sch.trace, parallel=True) == vector
-            checked += 1
-        # Without max_parallel_extent the annotation is no coordinate.
-        plain = TraceSpace(context.mod, trace, context.space_generator.postprocs, seed=1)
-        assert plain.start == space.start[:index] + space.start[index + 1 :]
-    assert checked > 2
