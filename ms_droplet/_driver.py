@@ -24,6 +24,7 @@ no state of its own: everything lives in the :class:`RunState` it is handed.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -112,7 +113,17 @@ class DescentDriver:
         # core then gets none and measures it again beside its first neighbors.
         again = self._options.remeasure_start and bool(start_samples)
         run.start_known = (start, list(start_samples)) if again else None
-        run.core = self._new_core(state, space, start, [] if again else start_samples)
+        # With rank_neighbors the cost model orders the step-1 neighbors.
+        rank = functools.partial(self._rank, state) if self._options.rank_neighbors else None
+        run.core = DescentCore(
+            start,
+            [] if again else start_samples,
+            space.coordinates_at(start),
+            self._config,
+            state.rng,
+            coordinates_at=space.coordinates_at,
+            rank=rank,
+        )
         self._logger.info(
             "droplet: exploration done after %d trials; descent starts from %s, %s, over %d "
             "decisions"
@@ -122,20 +133,6 @@ class DescentDriver:
             source,
             fmt_secs(float(np.mean(start_samples)) if start_samples else math.inf),
             len(start),
-        )
-
-    def _new_core(self, state: RunState, space, start: Vector, samples) -> DescentCore:
-        """A descent from ``start`` over ``space`` (the cost model orders its step-1 neighbors
-        when ``rank_neighbors`` asks for it)."""
-        ranked = self._options.rank_neighbors
-        return DescentCore(
-            start,
-            samples,
-            space.coordinates_at(start),
-            self._config,
-            state.rng,
-            coordinates_at=space.coordinates_at,
-            rank=(lambda vectors: self._rank(state, vectors)) if ranked else None,
         )
 
     def next_batch(self, state: RunState, cap: int) -> list[MeasureCandidate] | None:
