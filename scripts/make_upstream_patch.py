@@ -191,7 +191,7 @@ def _descent(src: str) -> str:
         r"\b(\w+)\[:(\w+)\] \+ \(([\w\[\]]+),\) \+ \1\[\2 \+ 1 :\]",
         r"(*\1[:\2], \3, *\1[\2 + 1 :])",
         "_descent.py",
-        count=3,
+        count=2,
     )
     return _common(src, "_descent.py")
 
