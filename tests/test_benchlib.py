@@ -709,3 +709,56 @@ def test_ab_report_has_a_row_per_kernel_and_seed_with_the_later_file_winning():
     assert lines[4] == "| GMM:1 | 1 | 10.00 | 12.00 | 1.200 | 12.00 | 2 | 1 | 3 | 0.50 | 61 / 71 |"
     assert lines[5] == "| GMM:1 | 2 | 20.00 |  |  | 12.00 | 2 | 1 | 3 | 0.50 | 62 / 72 |"
     assert len(lines) == 7 and ab.case_lines([]) == []
+
+
+# -- snapped_moves.py: what snap_locations did, from run logs ----------------------------------
+
+
+def _script(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(SCRIPTS, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_snapped_moves_counts_a_move_as_snapped_only_from_its_own_incumbent(tmp_path, capsys):
+    snapped_moves = _script("snapped_moves")
+    log = [
+        "[INFO] droplet: exploration done after 64 trials; descent starts from x, 5 us, over 3",
+        # A neighbor of the first incumbent, snapped: coordinate 1 moved to (4, 2).
+        "[DEBUG] droplet: neighbor ((1, 2), (4, 2), 3) kept with its compute location snapped: "
+        "SampleComputeLocation#2: 3 -> 1",
+        "[INFO] droplet: move 1 accepted: SamplePerfectTile#1: (8, 1) -> (4, 2); speed-up "
+        "1.200x, p=0.01, now 4 us (one call suffices from a 10.0 % gain)",
+        # Snapped again but not accepted; the next move changes another coordinate to a value
+        # this neighbor does not hold there.
+        "[DEBUG] droplet: neighbor ((2, 1), (4, 2), 3) kept with its compute location snapped: "
+        "SampleComputeLocation#2: 3 -> 0",
+        "[INFO] droplet: move 2 accepted: SamplePerfectTile#0: (1, 2) -> (1, 2), "
+        "SampleCategorical#2: 3 -> 4; speed-up 1.100x, p=0.02, now 3.6 us (one call suffices "
+        "from a 10.0 % gain)",
+        # After a restart, an earlier incumbent's snapped neighbor no longer counts.
+        "[DEBUG] droplet: neighbor ((1, 1), (2, 2), 4) kept with its compute location snapped: "
+        "SampleComputeLocation#2: 4 -> 0",
+        "[INFO] droplet: restart 1: the descent ended (no faster neighbor) at y with 20 trials "
+        "left; exploring",
+        "[INFO] droplet: move 3 accepted: SamplePerfectTile#1: (4, 4) -> (2, 2); speed-up "
+        "1.050x, p=0.03, now 3.4 us (one call suffices from a 10.0 % gain)",
+        "[INFO] droplet: summary: 128 trials (exploration 80, descent 48 of which 8 "
+        "re-measurements), 3 accepted moves, 1 restarts, 0 invalid neighbors dropped, "
+        "3 kept with a compute location snapped, 0 duplicates skipped, 0 failed measurements",
+    ]
+    run = tmp_path / "GMM_1_1_v0" / "logs"
+    run.mkdir(parents=True)
+    (run / "tvm.s_tir.meta_schedule.logging.task_0_main.log").write_text("\n".join(log))
+    (tmp_path / "GMM_1_1_v1" / "logs").mkdir(parents=True)  # another variant: filtered out
+    assert snapped_moves.main([str(tmp_path), "--runs", "*_v0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("snapped neighbor accepted") == 1
+    assert "SamplePerfectTile#1: (8, 1) -> (4, 2) (1.200x)" in out
+    assert (
+        "1 runs, 1 with a snapped neighbor; 3 snapped of 40 neighbors measured; 3 accepted" in out
+    )
+    assert "1 of them snapped" in out
+    with pytest.raises(SystemExit, match="sources: .* does not exist"):
+        snapped_moves.main([str(tmp_path / "missing")])
