@@ -147,19 +147,6 @@ class DropletOptions:
         "and 300, rounded up to whole batches: 64 of 128 at 16 a batch). ``0`` starts the "
         "descent from the database's best record, or from the design space.",
     )
-    explore_patience: int | None = _option(
-        None,
-        IntRule(1, allow_none=True),
-        "Optional[int]",
-        "End the first exploration early, once this many of its batches in a row did not "
-        "improve the best measured time by ``min_gain`` (``None``: explore all "
-        "``exploration_trials``).",
-        example=2,
-        details="``exploration_trials`` stays the most the first exploration may spend; the "
-        "trials it leaves go to the descent. Restarts are not affected. Off by default: with "
-        "``explore_patience=1`` against the fixed split at 128 trials on CPUs, 0.999x over 42 "
-        "pairs (``docs/benchmarks/ab-patience.md``), no measurable difference.",
-    )
     p_value: float = _option(
         DescentConfig.p_value,
         NumberRule(0.0, 1.0, low_open=True, high_open=True),

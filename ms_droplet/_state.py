@@ -290,9 +290,6 @@ class RunState:
         self.stop_reason: str | None = None
         self.exploration_budget = 0
         self.explored_before_restart: int | None = None  # exploration count at the last restart
-        # Exploration batches in a row, in the first exploration, that did not improve the
-        # best measured time by min_gain (for explore_patience).
-        self.stale_batches = 0
         self.search_secs = 0.0  # time spent in this strategy's own descent code
         self.rank_secs = 0.0  # of search_secs: building and scoring neighbors to rank them
         self.descent_start = math.nan  # mean run time of the first descent's starting schedule

@@ -325,7 +325,6 @@ class DropletSearch(PySearchStrategy):
                 state.inner.notify_runner_results(measure_candidates, results)
             batch, state.batch = state.batch, Batch()
             run = state.descent
-            best_before = state.pool.best
             state.failures.new_batch(len(results))
             for i, (candidate, result) in enumerate(zip(measure_candidates, results)):
                 samples = result_run_secs(result)
@@ -349,9 +348,6 @@ class DropletSearch(PySearchStrategy):
                             samples = samples or run.start_known[1]
                             run.start_known = None
                         run.core.observe(vector, samples)
-            if state.phase == "exploration" and not state.counts.restarts:
-                gained = state.pool.best < best_before * (1.0 - self.min_gain)
-                state.stale_batches = 0 if gained else state.stale_batches + 1
             if run.core is not None and batch.vectors:
                 tic = time.perf_counter()
                 self._driver.log_move(state, run.core.conclude())
@@ -401,18 +397,6 @@ class DropletSearch(PySearchStrategy):
     # ------------------------------------------------------------------ phases
     def _explore(self, state: RunState, remaining: int) -> list[MeasureCandidate] | None:
         left = min(state.exploration_budget - state.counts.exploration, remaining)
-        patience = self.explore_patience
-        if patience and not state.counts.restarts and state.stale_batches >= patience and left:
-            self._logger.info(
-                "droplet: exploration ends after %d of %d trials: %d batches in a row did not "
-                "improve the best by %s (explore_patience=%d); the descent gets the rest",
-                state.counts.exploration,
-                state.exploration_budget,
-                state.stale_batches,
-                f"{100 * self.min_gain:g} %",
-                patience,
-            )
-            left = 0
         for _ in range(_MAX_EMPTY_EXPLORATION_BATCHES):
             if left <= 0 or state.inner is None:
                 break

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import re
 
 import numpy as np
 import pytest
@@ -190,25 +189,6 @@ def test_restarts_spend_the_budget_left_at_a_local_optimum(host_target, droplet_
     assert "no descent began or ended there before" in text
     hashes = [h for batch in batches for h, _ in batch]
     assert repeats(hashes) == report.remeasured, "a restart measured a known module again"
-
-
-def test_explore_patience_hands_over_when_exploration_stops_improving(host_target, droplet_log):
-    def run(**options):
-        strategy = DropletSearch(exploration_trials=64, population_size=64, **options)
-        batches, _ = drive(strategy, host_target, 96, 8)
-        assert sum(len(b) for b in batches) == 96  # what exploration leaves, the descent spends
-        return strategy.reports[0]
-
-    assert run().exploration == 64
-    assert "exploration ends after" not in droplet_log.text()
-    report = run(explore_patience=1)
-    (ended,) = re.findall(
-        r"exploration ends after (\d+) of 64 trials: 1 batches in a row did not improve",
-        droplet_log.text(),
-    )
-    # At least two batches (the first always improves on nothing), whole batches, and not all.
-    assert 16 <= int(ended) < 64 and int(ended) % 8 == 0
-    assert report.exploration >= int(ended)  # restarts explore too, unaffected
 
 
 def test_a_restart_that_finds_nothing_new_ends_the_task(host_target, droplet_log):
