@@ -91,19 +91,24 @@ def read_log(lines, name, out):
     out["runs_snapped"] += any_snapped
 
 
+def _is_task_log(folder, name):
+    """A run's task log: ``<run>/logs/...task_0...``, the task the A/B kernels have."""
+    return folder == "logs" and "task_0" in name
+
+
 def task_logs(source):
     """(name, lines) of each run's task log in an archive or folder."""
     if os.path.isdir(source):
         for root, _, files in sorted(os.walk(source)):
             for f in sorted(files):
-                if root.endswith("logs") and "task_0" in f:
+                if _is_task_log(os.path.basename(root), f):
                     with open(os.path.join(root, f), encoding="utf-8", errors="replace") as fh:
                         yield os.path.relpath(os.path.dirname(root), source), fh.read().splitlines()
         return
     with tarfile.open(source) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
             parts = member.name.split("/")
-            if member.isfile() and len(parts) > 1 and parts[-2] == "logs" and "task_0" in parts[-1]:
+            if member.isfile() and len(parts) > 1 and _is_task_log(parts[-2], parts[-1]):
                 text = tar.extractfile(member).read().decode("utf-8", "replace")
                 yield "/".join(parts[:-2]), text.splitlines()
 
